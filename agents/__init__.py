@@ -1,0 +1,4 @@
+"""Learners and policy wrappers (no environment classes)."""
+from .sac import SAC, make_sac_actor
+
+__all__ = ["SAC", "make_sac_actor"]

@@ -1,0 +1,4 @@
+"""Environments: the learned model MDP and its wrappers."""
+from .model_env import ConservativeModelEnv, ModelEnv, UncertaintyPenalty
+
+__all__ = ["ModelEnv", "UncertaintyPenalty", "ConservativeModelEnv"]
