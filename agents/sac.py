@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import NormalParamExtractor, TensorDictModule
+from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
@@ -34,9 +34,9 @@ def make_sac_actor(
         action_low, action_high: action bounds (scalar or ``(A,)``); actions are squashed into them.
 
     Returns:
-        A TorchRL :class:`~torchrl.modules.ProbabilisticActor` (``"observation" (B, O) -> "action" (B, A)``). Its
-        action is a sample under the default ``ExplorationType.RANDOM`` and the squashed mean under
-        ``ExplorationType.DETERMINISTIC``.
+        A TorchRL :class:`~torchrl.modules.ProbabilisticActor` (``"observation" (B, O) -> "action" (B, A)``). It
+        samples by default (``default_interaction_type=RANDOM``, also outside any exploration context) and returns
+        the deterministic action (tanh of the mean) under ``set_exploration_type(ExplorationType.DETERMINISTIC)``.
     """
     low = torch.as_tensor(action_low, dtype=torch.float32).expand(action_dim).clone()
     high = torch.as_tensor(action_high, dtype=torch.float32).expand(action_dim).clone()
@@ -53,6 +53,7 @@ def make_sac_actor(
         distribution_class=TanhNormal,
         distribution_kwargs={"low": low, "high": high},
         return_log_prob=False,
+        default_interaction_type=InteractionType.RANDOM,
     )
 
 
@@ -127,6 +128,7 @@ class SAC(nn.Module):
                 alpha_init=alpha_init, target_entropy=target_entropy, action_spec=self.policy.spec["action"],
             )
         self.loss_module.make_value_estimator(gamma=gamma)
+        _ = self.loss_module.target_entropy  # registers the lazily-created buffer so state dicts always match
         self.target_updater = SoftUpdate(self.loss_module, tau=tau)
         self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(), lr=actor_lr)
         self.critic_optim = torch.optim.Adam(

@@ -1,7 +1,9 @@
 """Parts with no environment loop: dynamics ensemble, penalties, termination functions, datasets."""
+from .datasets import DATASET_RECIPES, DatasetRecipe, collect_dataset, load_dataset, load_policy, make_dataset
 from .ensemble import DynamicsEnsemble, EnsembleLinear
 from .penalties import PENALTIES, PenaltyFn, get_penalty
 from .termination import TERMINATION_FNS, TerminationFn, get_termination_fn
 
-__all__ = ["DynamicsEnsemble", "EnsembleLinear", "PENALTIES", "PenaltyFn", "get_penalty", "TERMINATION_FNS",
+__all__ = ["load_dataset", "collect_dataset", "make_dataset", "load_policy", "DATASET_RECIPES", "DatasetRecipe",
+           "DynamicsEnsemble", "EnsembleLinear", "PENALTIES", "PenaltyFn", "get_penalty", "TERMINATION_FNS",
            "TerminationFn", "get_termination_fn"]

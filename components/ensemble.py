@@ -109,16 +109,29 @@ class DynamicsEnsemble(nn.Module):
         self.register_buffer("elite_indices", torch.arange(num_elites))
 
     # ------------------------------------------------------------------ forward
+    def _weights(self, members: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight, bias)`` of every layer for the given members. Under ``torch.no_grad`` the gathered copies are
+        cached until the parameters change, so rollouts do not copy the weights at every step."""
+        layers = [*self.layers, self.output]
+        if members is None:
+            return [(layer.weight, layer.bias) for layer in layers]
+        if torch.is_grad_enabled():
+            return [(layer.weight[members], layer.bias[members]) for layer in layers]
+        key = (tuple(members.tolist()), tuple(p._version for layer in layers for p in (layer.weight, layer.bias)),
+               tuple(p.data_ptr() for layer in layers for p in (layer.weight, layer.bias)))
+        cache = self.__dict__.get("_weight_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, [(layer.weight[members].contiguous(), layer.bias[members].contiguous())
+                           for layer in layers])
+            self.__dict__["_weight_cache"] = cache
+        return cache[1]
+
     def _raw(self, x: torch.Tensor, members: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised inputs ``(E', B, in)`` -> target mean and log-variance ``(E', B, O + 1)``."""
-        for layer in self.layers:
-            weight, bias = (layer.weight, layer.bias) if members is None else (layer.weight[members],
-                                                                                 layer.bias[members])
-            x = F.silu(torch.baddbmm(bias, x, weight))
-        weight, bias = ((self.output.weight, self.output.bias) if members is None
-                        else (self.output.weight[members], self.output.bias[members]))
-        out = torch.baddbmm(bias, x, weight)
-        mean, logvar = out.chunk(2, dim=-1)
+        *hidden, (weight, bias) = self._weights(members)
+        for w, b in hidden:
+            x = F.silu(torch.baddbmm(b, x, w))
+        mean, logvar = torch.baddbmm(bias, x, weight).chunk(2, dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar

@@ -87,6 +87,7 @@ class ModelEnv(EnvBase):
         self.halt_threshold, self.halt_penalty = halt_threshold, float(halt_penalty)
         self.chunk_size = chunk_size
         self.num_nonfinite = 0
+        self._needs_all_members = requires_all_members(self.penalty) or halt_threshold is not None
         obs_dim, act_dim = ensemble.observation_dim, ensemble.action_dim
 
         if isinstance(start_states, TensorDictBase):
@@ -158,28 +159,26 @@ class ModelEnv(EnvBase):
     @torch.no_grad()
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation, action = tensordict["observation"], tensordict["action"]
-        batch = observation.shape[0]
-        ensemble = self.ensemble
-        member = torch.randint(ensemble.num_elites, (batch,), generator=self.rng, device=self.device)
-        rows = torch.arange(batch, device=self.device)
-        need_all = requires_all_members(self.penalty) or self.halt_threshold is not None
-        if need_all:
-            mean, std = ensemble(observation, action, members="elites", chunk_size=self.chunk_size)
-            mean_k, std_k = mean[member, rows], std[member, rows]
-            uncertainty = self.penalty(mean, std, member)
-        else:  # only the sampled member's forward pass
-            mean_k, std_k = ensemble.forward_member(observation, action, ensemble.elite_indices[member])
-            uncertainty = self.penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member))
-        sample = mean_k + std_k * torch.randn(mean_k.shape, generator=self.rng, device=self.device)
+        batch, dim = observation.shape[0], self.ensemble.observation_dim + 1
+        member = torch.randint(self.ensemble.num_elites, (batch,), generator=self.rng, device=self.device)
+        noise = torch.randn(batch, dim, generator=self.rng, device=self.device)
+        sample = torch.empty(batch, dim, device=self.device)
+        uncertainty = torch.empty(batch, device=self.device)
+        halted = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        # Chunks of rows go through forward pass, member choice, penalty and sampling while they sit in cache.
+        # (The one-member path groups rows by member, which already gives each member a large contiguous block.)
+        chunk = batch if self.chunk_size is None or not self._needs_all_members else self.chunk_size
+        for start in range(0, batch, chunk):
+            rows = slice(start, start + chunk)
+            self._predict(observation[rows], action[rows], member[rows], noise[rows], sample[rows],
+                          uncertainty[rows], halted[rows])
         next_observation = torch.minimum(torch.maximum(sample[:, :-1], self.observation_low), self.observation_high)
         reward = sample[:, -1]
 
         finite = torch.isfinite(sample).all(-1) & torch.isfinite(uncertainty)
-        terminated = ~finite
+        terminated = ~finite | halted
         if self.halt_threshold is not None:
-            halted = max_pairwise_diff(mean, std, member) > self.halt_threshold
             reward = torch.where(halted, torch.full_like(reward, self.halt_penalty), reward)
-            terminated = terminated | halted
         if not bool(finite.all()):
             self.num_nonfinite += int((~finite).sum())
             next_observation = torch.where(finite.unsqueeze(-1), next_observation, observation)
@@ -195,6 +194,21 @@ class ModelEnv(EnvBase):
              "truncated": torch.zeros_like(terminated), "done": terminated.clone()},
             batch_size=self.batch_size, device=self.device,
         )
+
+    def _predict(self, observation, action, member, noise, sample_out, uncertainty_out, halted_out) -> None:
+        """One chunk: writes the Gaussian sample ``(b, O + 1)``, ``u`` ``(b,)`` and the halting mask ``(b,)``."""
+        ensemble = self.ensemble
+        if self._needs_all_members:
+            mean, std = ensemble(observation, action, members="elites")
+            rows = torch.arange(observation.shape[0], device=self.device)
+            mean_k, std_k = mean[member, rows], std[member, rows]
+            uncertainty_out.copy_(self.penalty(mean, std, member))
+            if self.halt_threshold is not None:
+                halted_out.copy_(max_pairwise_diff(mean, std, member) > self.halt_threshold)
+        else:  # only the sampled member's forward pass
+            mean_k, std_k = ensemble.forward_member(observation, action, ensemble.elite_indices[member])
+            uncertainty_out.copy_(self.penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member)))
+        torch.addcmul(mean_k, std_k, noise, out=sample_out)
 
 
 class UncertaintyPenalty(Transform):

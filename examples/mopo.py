@@ -25,8 +25,7 @@ from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.record import CSVLogger
 
-from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble
-from cmbrl.components import load_dataset
+from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble, load_dataset
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -82,7 +81,7 @@ def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(args.dataset)
+    data = load_dataset(args.dataset, progress=True)  # generated locally on first use
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
 
     ensemble_path = out / f"ensemble_seed{args.seed}.pt"
@@ -119,7 +118,8 @@ def main(args: Args) -> None:
     first_step = step
     while step < args.num_steps:
         if step % args.rollout_every == 0 or step == first_step:  # (re)fill the model buffer
-            rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
+            with torch.no_grad():  # rollouts carry no graph into the buffer
+                rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
             buffer.extend(rollout.reshape(-1).select(*KEYS))
             logger.log_scalar("model_reward", rollout["next", "model_reward"].mean().item(), step=step)
             logger.log_scalar("uncertainty", rollout["next", "uncertainty"].mean().item(), step=step)

@@ -41,6 +41,8 @@ class Args:
     """Environment steps per collection; as many gradient steps follow (update-to-data ratio 1)."""
     batch_size: int = 256
     """SAC minibatch size."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity (keep it when resuming with a larger --total-frames)."""
     eval_every: int = 5_000
     """Evaluate, snapshot the policy and checkpoint every this many frames."""
     eval_episodes: int = 5
@@ -78,7 +80,7 @@ def main(args: Args) -> None:
     act_dim = env.action_spec.shape[-1]
     agent = SAC(obs_dim, act_dim, action_low=env.action_spec.space.low, action_high=env.action_spec.space.high,
                 seed=args.seed)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(args.total_frames), batch_size=args.batch_size)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(args.buffer_size), batch_size=args.batch_size)
     frames, elapsed, history = 0, 0.0, []
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():  # resume
@@ -111,7 +113,8 @@ def main(args: Args) -> None:
             logger.log_scalar("eval_return", ret, step=frames)
             bar.set_postfix(eval_return=f"{ret:.0f}")
             torch.save({"actor": agent.policy.state_dict(), "frames": frames, "eval_return": ret,
-                        "env_id": args.env_id, "observation_dim": obs_dim, "action_dim": act_dim},
+                        "env_id": args.env_id, "observation_dim": obs_dim, "action_dim": act_dim,
+                        "hidden_sizes": [256, 256]},
                        out / "policies" / f"step_{frames:07d}.pt")
             buffer.dumps(out / "buffer")
             torch.save({"agent": agent.state_dict(), "frames": frames, "elapsed": time.time() - start,

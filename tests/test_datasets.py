@@ -19,6 +19,7 @@ from cmbrl.components.datasets import (
     make_dataset,
 )
 from minari.data_collector import EpisodeBuffer
+from tensordict import TensorDict
 
 HOPPER_RECIPE = "cmbrl/hopper/medium-v0"
 
@@ -155,16 +156,28 @@ def test_non_finite_value_raises():
 
 
 def test_load_policy_samples_stochastically_and_is_seeded(policy_file):
-    policy = load_policy(policy_file)
     observation = gym.make("Hopper-v5").reset(seed=0)[0]
-    torch.manual_seed(0)
+    policy = load_policy(policy_file, seed=0)
     actions = np.stack([policy(observation) for _ in range(4)])
     assert actions.shape == (4, 3) and actions.dtype == np.float32
     assert np.all(np.abs(actions) <= 1.0) and not np.allclose(actions[0], actions[1])
-    torch.manual_seed(0)
-    np.testing.assert_array_equal(policy(observation), actions[0])
+    np.testing.assert_array_equal(load_policy(policy_file, seed=0)(observation), actions[0])
     with pytest.raises(ValueError, match=r"\(11,\)"):
         policy(observation[:5])
+
+
+def test_numpy_policy_matches_the_torchrl_actor(policy_file):
+    """The fast numpy policy draws from the same tanh-Gaussian as the TorchRL actor it was saved from."""
+    checkpoint = torch.load(policy_file, weights_only=True)
+    actor = make_sac_actor(11, 3, checkpoint["hidden_sizes"])
+    actor.load_state_dict(checkpoint["actor"])
+    observation = gym.make("Hopper-v5").reset(seed=0)[0]
+    with torch.no_grad():
+        dist = actor.get_dist(TensorDict({"observation": torch.as_tensor(observation, dtype=torch.float32)}))
+    loc, scale = dist.base_dist.base_dist.loc.numpy(), dist.base_dist.base_dist.scale.numpy()
+    eps = np.random.default_rng(5).standard_normal(3, dtype=np.float32)
+    np.testing.assert_allclose(load_policy(policy_file, seed=5)(observation), np.tanh(loc + scale * eps), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_make_dataset_hopper_recipe(policy_file):

@@ -1,0 +1,71 @@
+"""The README's commands and quickstart, and smoke runs of the examples with tiny budgets."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmbrl import make_dataset
+from cmbrl.agents.sac import make_sac_actor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_hopper_dataset(tmp_path):
+    """cmbrl/hopper/medium-v0 with 2,000 steps of the shipped policy, in the test's Minari folder."""
+    make_dataset("cmbrl/hopper/medium-v0", num_steps=2_000, seed=0)
+    return "cmbrl/hopper/medium-v0"
+
+
+def readme_commands():
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert "examples/mopo.py" in commands[0] and "pytest" in commands[1]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_quickstart_runs(small_hopper_dataset):
+    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README quickstart", "exec"), namespace)
+    assert namespace["rollout"].batch_size == (1000, 5)
+    assert set(namespace["metrics"]) >= {"loss_actor", "loss_qvalue"}
+
+
+def test_mopo_example_smoke(small_hopper_dataset, tmp_path):
+    out = tmp_path / "mopo"
+    cmd = [sys.executable, str(ROOT / "examples" / "mopo.py"), "--num-steps", "40", "--rollout-every", "20",
+           "--rollout-batch-size", "100", "--eval-every", "40", "--eval-episodes", "1", "--ensemble-max-epochs", "1",
+           "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "learning_curve_seed0.png").stat().st_size > 0
+    assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_seed0.pt").exists()
+    assert '"normalized_score"' in result.stdout
+    # re-running resumes: nothing left to do, the cached ensemble is loaded and the checkpoint's step is kept
+    again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "fit dynamics ensemble" not in again.stderr
+    assert torch.load(out / "checkpoint_seed0.pt", weights_only=False)["step"] == 40
+
+
+def test_behavior_training_example_smoke(tmp_path):
+    out = tmp_path / "behavior"
+    cmd = [sys.executable, str(ROOT / "examples" / "train_behavior_policy.py"), "--total-frames", "400",
+           "--init-random-frames", "200", "--frames-per-batch", "100", "--eval-every", "200", "--eval-episodes", "1",
+           "--buffer-size", "1000", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    snapshot = torch.load(out / "policies" / "step_0000400.pt", weights_only=True)
+    make_sac_actor(11, 3, snapshot["hidden_sizes"]).load_state_dict(snapshot["actor"])
+    resumed = subprocess.run(cmd[:3] + ["600"] + cmd[4:], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resumed at 400 frames" in resumed.stdout
