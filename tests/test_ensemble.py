@@ -63,3 +63,16 @@ def test_fit_lowers_holdout_error_and_saves(tmp_path):
     assert torch.equal(loaded.elite_indices, ens.elite_indices)
     with pytest.raises(FileNotFoundError):
         DynamicsEnsemble.load(tmp_path / "missing.pt")
+
+
+def test_fit_on_real_hopper_data_lowers_holdout_error():
+    from cmbrl import load_dataset, make_dataset
+
+    make_dataset("cmbrl/hopper/medium-v0", num_steps=3_000, seed=0)  # the shipped policy in real Hopper-v5
+    data = load_dataset("cmbrl/hopper/medium-v0")
+    ens = DynamicsEnsemble(11, 3, num_members=3, num_elites=2, hidden_sizes=(64, 64), weight_decay=(0, 0, 0), seed=0)
+    metrics = ens.fit(data, max_epochs=8, seed=0)
+    assert metrics["holdout_mse"][-1] < metrics["holdout_mse"][0]
+    assert max(metrics["holdout_mse_final"]) < 0.5 * min(metrics["holdout_mse_initial"])
+    mean, std = ens(data["observation"][:10], data["action"][:10], members="elites")
+    assert mean.shape == (2, 10, 12) and torch.isfinite(std).all()
