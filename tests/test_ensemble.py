@@ -76,3 +76,15 @@ def test_fit_on_real_hopper_data_lowers_holdout_error():
     assert max(metrics["holdout_mse_final"]) < 0.5 * min(metrics["holdout_mse_initial"])
     mean, std = ens(data["observation"][:10], data["action"][:10], members="elites")
     assert mean.shape == (2, 10, 12) and torch.isfinite(std).all()
+
+
+def test_fit_is_reproducible_with_a_seed():
+    data = toy_transitions(600)
+    kwargs = dict(num_members=2, num_elites=1, hidden_sizes=(16,), weight_decay=(0, 0), seed=3)
+    a, b = DynamicsEnsemble(3, 2, **kwargs), DynamicsEnsemble(3, 2, **kwargs)
+    ma, mb = a.fit(data, max_epochs=2, seed=7), b.fit(data, max_epochs=2, seed=7)
+    assert ma["holdout_mse"] == mb["holdout_mse"]
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    c = DynamicsEnsemble(3, 2, **kwargs)
+    assert c.fit(data, max_epochs=2, seed=8)["holdout_mse"] != ma["holdout_mse"]
