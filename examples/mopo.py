@@ -60,7 +60,7 @@ class Args:
     """The model buffer keeps this many rollouts (MOPO 5)."""
     batch_size: int = 256
     """SAC minibatch."""
-    ensemble_max_epochs: int = 60
+    ensemble_max_epochs: int = 50
     """Cap on ensemble training epochs (early stopping usually ends sooner)."""
     eval_every: int = 5_000
     """Gradient steps between real-environment evaluations."""
@@ -68,6 +68,8 @@ class Args:
     """Deterministic evaluation episodes (MOPO 10)."""
     seed: int = 0
     """Seed for the ensemble, the model env, SAC and evaluation."""
+    threads: int = 0
+    """torch threads (0: torch's default). Use 1 per process when running several seeds side by side."""
     out: str = "runs/mopo"
     """Output folder."""
 
@@ -79,6 +81,8 @@ def evaluate(env, policy, episodes: int) -> list[float]:
 
 def main(args: Args) -> None:
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, progress=True)  # generated locally on first use
