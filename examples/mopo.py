@@ -30,6 +30,7 @@ from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble, load_dataset
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out"}  # may change when resuming
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
 
@@ -88,14 +89,14 @@ def main(args: Args) -> None:
     data = load_dataset(args.dataset, progress=True)  # generated locally on first use
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
 
-    ensemble_path = out / f"ensemble_seed{args.seed}.pt"
+    ensemble_path = out / f"ensemble_{args.dataset.replace('/', '_')}_seed{args.seed}.pt"
     if ensemble_path.exists():
         ensemble = DynamicsEnsemble.load(ensemble_path)
     else:
         ensemble = DynamicsEnsemble(obs_dim, act_dim, seed=args.seed)
         fit = ensemble.fit(data, max_epochs=args.ensemble_max_epochs, seed=args.seed, progress=True)
         ensemble.save(ensemble_path)
-        (out / "ensemble_fit.json").write_text(json.dumps(fit, indent=1))
+        ensemble_path.with_suffix(".json").write_text(json.dumps(fit, indent=1))
     env = ConservativeModelEnv(ensemble, penalty=args.penalty, penalty_coef=args.penalty_coef, horizon=args.horizon,
                                start_states=data, batch_size=args.rollout_batch_size,
                                termination_fn=args.termination_fn, seed=args.seed)
@@ -113,6 +114,10 @@ def main(args: Args) -> None:
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():  # resume; the model buffer is refilled by a fresh rollout
         ckpt = torch.load(ckpt_path, weights_only=False)
+        saved = ckpt["args"]
+        changed = {k: (saved[k], v) for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE and saved[k] != v}
+        if changed:
+            raise SystemExit(f"{ckpt_path} was made with other settings {changed} (saved, now); use another --out")
         agent.load_state_dict(ckpt["agent"])
         step, history = ckpt["step"], ckpt["history"]
         torch.set_rng_state(ckpt["rng"])

@@ -49,13 +49,15 @@ def test_mopo_example_smoke(small_hopper_dataset, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "learning_curve_seed0.png").stat().st_size > 0
-    assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_seed0.pt").exists()
+    assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_cmbrl_hopper_medium-v0_seed0.pt").exists()
     assert '"normalized_score"' in result.stdout
     # re-running resumes: nothing left to do, the cached ensemble is loaded and the checkpoint's step is kept
     again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "fit dynamics ensemble" not in again.stderr
     assert torch.load(out / "checkpoint_seed0.pt", weights_only=False)["step"] == 40
+    changed = subprocess.run(cmd + ["--penalty", "combined"], capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0 and "other settings" in changed.stderr
 
 
 def test_behavior_training_example_smoke(tmp_path):
