@@ -23,14 +23,14 @@ import tqdm
 from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.record import CSVLogger
+from torchrl.record.loggers import get_logger
 
 from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble, load_dataset
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out"}  # may change when resuming
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger"}  # may change when resuming
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
 
@@ -73,6 +73,8 @@ class Args:
     """torch threads (0: torch's default). Use 1 per process when running several seeds side by side."""
     out: str = "runs/mopo"
     """Output folder."""
+    logger: str = "csv"
+    """TorchRL logger: csv, tensorboard, wandb or mlflow (the last three need their package)."""
 
 
 def evaluate(env, policy, episodes: int) -> list[float]:
@@ -121,7 +123,7 @@ def main(args: Args) -> None:
         agent.load_state_dict(ckpt["agent"])
         step, history = ckpt["step"], ckpt["history"]
         torch.set_rng_state(ckpt["rng"])
-    logger = CSVLogger(exp_name=f"mopo_seed{args.seed}", log_dir=str(out / "logs"))
+    logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"mopo_seed{args.seed}")
     dataset_meta = minari.load_dataset(args.dataset)
     bar = tqdm.tqdm(total=args.num_steps, initial=step, desc="MOPO")
     first_step = step

@@ -54,6 +54,8 @@ def test_mopo_example_smoke(small_hopper_dataset, tmp_path):
     assert (out / "learning_curve_seed0.png").stat().st_size > 0
     assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_cmbrl_hopper_medium-v0_seed0.pt").exists()
     assert '"normalized_score"' in result.stdout
+    scores = (out / "logs" / "mopo_seed0" / "scalars" / "normalized_score.csv").read_text().splitlines()
+    assert scores[-1].startswith("40,")  # the TorchRL CSV logger wrote the evaluation at step 40
     # re-running resumes: nothing left to do, the cached ensemble is loaded and the checkpoint's step is kept
     again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
