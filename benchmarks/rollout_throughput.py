@@ -118,7 +118,8 @@ def main() -> None:
                                    termination_fn="hopper", observation_low=low, observation_high=high,
                                    chunk_size=args.chunk, seed=0)
         individual = mode == "individual"
-        t_env = timed(lambda: env.rollout(HORIZON, agent.policy, break_when_any_done=False), args.repeats)
+        with torch.no_grad():  # as in examples/mopo.py (collectors also run the policy without grad)
+            t_env = timed(lambda: env.rollout(HORIZON, agent.policy, break_when_any_done=False), args.repeats)
         t_floor = timed(lambda: floor_rollout(ens, agent, starts, low, high, individual, args.chunk, 0), args.repeats)
         ratios[mode] = t_floor / t_env
         print(f"{mode}: ConservativeModelEnv transitions/s={transitions / t_env:,.0f}")

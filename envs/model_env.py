@@ -166,8 +166,10 @@ class ModelEnv(EnvBase):
         uncertainty = torch.empty(batch, device=self.device)
         halted = torch.zeros(batch, dtype=torch.bool, device=self.device)
         # Chunks of rows go through forward pass, member choice, penalty and sampling while they sit in cache.
-        # (The one-member path groups rows by member, which already gives each member a large contiguous block.)
-        chunk = batch if self.chunk_size is None or not self._needs_all_members else self.chunk_size
+        # The one-member path groups each chunk's rows by member, so its chunks are num_elites times larger.
+        chunk = batch if self.chunk_size is None else self.chunk_size
+        if not self._needs_all_members:
+            chunk *= self.ensemble.num_elites
         for start in range(0, batch, chunk):
             rows = slice(start, start + chunk)
             self._predict(observation[rows], action[rows], member[rows], noise[rows], sample[rows],
