@@ -8,19 +8,12 @@ from torchrl.envs.utils import check_env_specs
 from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble, ModelEnv
 from cmbrl.components.penalties import individual_std, max_aleatoric
 
-OBS, ACT = 11, 3
+from model_fixtures import ACT, OBS, healthy_starts, tiny_ensemble
 
 
 @pytest.fixture(scope="module")
 def ensemble():
-    return DynamicsEnsemble(OBS, ACT, num_members=4, num_elites=3, hidden_sizes=(32, 32), weight_decay=(0, 0, 0),
-                            seed=0)
-
-
-def healthy_starts(n=64):
-    states = 0.05 * torch.randn(n, OBS, generator=torch.Generator().manual_seed(0))
-    states[:, 0] = 1.25  # hopper torso height
-    return states
+    return tiny_ensemble()
 
 
 def make_env(ensemble, **kwargs):
