@@ -6,7 +6,7 @@ from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers.vector import DictInfoToList, RecordEpisodeStatistics
 
-from cmbrl import ConservativeModelEnv, DynamicsEnsemble, GymVectorModelEnv
+from cmbrl import ConservativeModelEnv, GymVectorModelEnv
 
 from model_fixtures import ACT, OBS, healthy_starts, tiny_ensemble
 
