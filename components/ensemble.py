@@ -109,13 +109,14 @@ class DynamicsEnsemble(nn.Module):
         self.register_buffer("elite_indices", torch.arange(num_elites))
 
     # ------------------------------------------------------------------ forward
-    def _weights(self, members: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(weight, bias)`` of every layer for the given members. Under ``torch.no_grad`` the gathered copies are
-        cached until the parameters change, so rollouts do not copy the weights at every step."""
+    def _weights(self, members: torch.Tensor | slice | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight, bias)`` of every layer for the given members. A slice gives views (no copy); an index tensor
+        gathers copies, which under ``torch.no_grad`` are cached until the parameters change, so rollouts do not copy
+        the weights at every step."""
         layers = [*self.layers, self.output]
         if members is None:
             return [(layer.weight, layer.bias) for layer in layers]
-        if torch.is_grad_enabled():
+        if isinstance(members, slice) or torch.is_grad_enabled():
             return [(layer.weight[members], layer.bias[members]) for layer in layers]
         key = (tuple(members.tolist()), tuple(p._version for layer in layers for p in (layer.weight, layer.bias)),
                tuple(p.data_ptr() for layer in layers for p in (layer.weight, layer.bias)))
@@ -126,7 +127,7 @@ class DynamicsEnsemble(nn.Module):
             self.__dict__["_weight_cache"] = cache
         return cache[1]
 
-    def _raw(self, x: torch.Tensor, members: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _raw(self, x: torch.Tensor, members: torch.Tensor | slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised inputs ``(E', B, in)`` -> target mean and log-variance ``(E', B, O + 1)``."""
         *hidden, (weight, bias) = self._weights(members)
         for w, b in hidden:
@@ -200,7 +201,7 @@ class DynamicsEnsemble(nn.Module):
         counts = torch.bincount(member, minlength=self.num_members).tolist()
         for k, rows in enumerate(order.split(counts)):
             if rows.numel():
-                m, lv = self._raw(x[rows].unsqueeze(0), torch.tensor([k], device=x.device))
+                m, lv = self._raw(x[rows].unsqueeze(0), slice(k, k + 1))  # views: keeps the elites' cache intact
                 mean[rows], logvar[rows] = m[0], lv[0]
         mean = torch.cat([mean[:, :-1] + observation, mean[:, -1:]], dim=-1)
         return mean, (0.5 * logvar).exp()
