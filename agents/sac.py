@@ -5,6 +5,8 @@ tuning), and "Soft Actor-Critic: Off-Policy Maximum Entropy Deep RL with a Stoch
 """
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 
 import torch
@@ -182,4 +184,5 @@ class SAC(nn.Module):
     def load_state_dict(self, state, strict: bool = True):  # noqa: D102
         super().load_state_dict(state["modules"], strict=strict)
         for name, optim_state in state["optimizers"].items():
-            getattr(self, name).load_state_dict(optim_state)
+            # torch.optim keeps same-device state tensors by reference: copy, or two agents share Adam moments
+            getattr(self, name).load_state_dict(copy.deepcopy(optim_state))

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import io
+import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,67 +35,140 @@ from minari.storage.datasets_root_dir import get_dataset_path
 from tensordict import TensorDict
 from tqdm.auto import tqdm
 
-__all__ = ["Policy", "DatasetRecipe", "DATASET_RECIPES", "load_dataset", "collect_dataset", "make_dataset",
-           "load_policy"]
+__all__ = ["Policy", "DatasetRecipe", "DATASET_RECIPES", "ENVS", "load_dataset", "collect_dataset", "make_dataset",
+           "load_policy", "load_replay_schedule", "random_policy", "dataset_card", "format_card", "resolve_dataset_id"]
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """A behaviour policy: ``observation (O,) float64 -> action (A,)``, as Gymnasium passes them."""
 
 
+ENVS: dict[str, tuple[str, float, float]] = {
+    "hopper": ("Hopper-v5", -20.272305, 3234.3),
+    "halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+    "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
+}
+"""``env name -> (Gymnasium id, D4RL random-policy return, D4RL expert return)``; the returns normalise scores to 0
+and 100 (D4RL ``infos.py`` reference scores, arXiv:2004.07219)."""
+
+RECIPE_KINDS = ("random", "policy", "replay", "combine")
+
+
 @dataclass(frozen=True)
 class DatasetRecipe:
-    """How cmbrl generates a dataset that cannot be downloaded.
+    """How cmbrl generates a dataset that cannot be downloaded (the D4RL recipe, MOPO arXiv:2005.13239 sec. 5.1).
 
     Attributes:
         env_id: Gymnasium id of the environment, e.g. ``"Hopper-v5"`` (its own ``TimeLimit`` applies).
-        policy_file: behaviour-policy checkpoint (see :func:`load_policy`): a file name in ``cmbrl/components/data/``
-            or an absolute path.
-        num_steps: number of environment steps (= transitions) in the dataset.
+        kind: ``"random"`` (uniformly random actions), ``"policy"`` (a stochastic SAC policy, ``policy_file``),
+            ``"replay"`` (a SAC training run replayed: ``policy_file`` is a replay bundle listing, in training order,
+            the policy snapshot that acted and how many steps it collected; see :func:`load_replay_schedule`) or
+            ``"combine"`` (the datasets in ``sources`` concatenated with :func:`minari.combine_datasets`).
+        num_steps: environment steps (= transitions) for ``"random"`` and ``"policy"``; ``None`` for ``"replay"``
+            (the bundle's schedule decides) and ``"combine"`` (the sum of the sources).
         ref_min_score, ref_max_score: episode returns that normalise to 0 and 1 in
-            :func:`minari.get_normalized_score` (random and expert policy, reward units).
+            :func:`minari.get_normalized_score` (D4RL random and expert returns, reward units).
         description: what the dataset is; stored in the Minari metadata.
+        policy_file: checkpoint for ``"policy"`` / ``"replay"``: a file name in ``cmbrl/components/data/`` or an
+            absolute path.
+        sources: dataset ids for ``"combine"``.
 
     Examples:
         >>> recipe = DATASET_RECIPES["cmbrl/hopper/medium-v0"]
-        >>> recipe.env_id, recipe.num_steps
-        ('Hopper-v5', 100000)
+        >>> recipe.env_id, recipe.kind, recipe.num_steps
+        ('Hopper-v5', 'policy', 1000000)
     """
 
     env_id: str
-    policy_file: str
-    num_steps: int
+    kind: str
+    num_steps: int | None
     ref_min_score: float
     ref_max_score: float
     description: str
+    policy_file: str | None = None
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in RECIPE_KINDS:
+            raise ValueError(f"Unknown recipe kind {self.kind!r}; allowed: {RECIPE_KINDS}.")
+        if (self.num_steps is None) != (self.kind in ("replay", "combine")):
+            raise ValueError(f"A {self.kind!r} recipe needs num_steps "
+                             f"{'None' if self.kind in ('replay', 'combine') else '>= 1'}, got {self.num_steps!r}.")
+        if (self.policy_file is None) != (self.kind not in ("policy", "replay")):
+            raise ValueError(f"A {self.kind!r} recipe {'needs' if self.kind in ('policy', 'replay') else 'takes no'} "
+                             f"policy_file, got {self.policy_file!r}.")
+        if bool(self.sources) != (self.kind == "combine"):
+            raise ValueError(f"Only 'combine' recipes take sources; got kind {self.kind!r} and sources {self.sources}.")
 
 
-DATASET_RECIPES: dict[str, DatasetRecipe] = {
-    "cmbrl/hopper/medium-v0": DatasetRecipe(
-        env_id="Hopper-v5",
-        policy_file="hopper_medium_sac.pt",
-        num_steps=100_000,
-        ref_min_score=-20.272305,  # D4RL hopper random-policy return
-        ref_max_score=3234.3,  # D4RL hopper expert return
-        description=(
-            "D4RL-style hopper-medium on Hopper-v5: transitions of a stochastic SAC policy stopped early at medium "
-            "performance (D4RL: about a third of expert). Scores normalise with D4RL's hopper reference returns."
-        ),
-    ),
+_RECIPE_TEXT = {
+    "random": "D4RL-style {env}-random on {env_id}: {num_steps:,} steps of a uniformly random policy.",
+    "medium": "D4RL-style {env}-medium on {env_id}: {num_steps:,} steps of a stochastic SAC policy stopped early at "
+              "about a third of expert return.",
+    "medium-replay": "D4RL-style {env}-medium-replay on {env_id}: the replay buffer of the SAC run up to the medium "
+                     "policy, re-collected from the run's policy snapshots (each snapshot collects the steps the run "
+                     "collected after it was saved; the first segment is uniformly random, as the SAC warm-up).",
+    "expert": "D4RL-style {env}-expert on {env_id}: {num_steps:,} steps of the best stochastic SAC policy cmbrl "
+              "trained on this env (see the card for how good it is; D4RL's expert is a fully trained SAC).",
+    "medium-expert": "D4RL-style {env}-medium-expert on {env_id}: cmbrl/{env}/medium-v0 and cmbrl/{env}/expert-v0 "
+                     "concatenated.",
 }
-"""Datasets cmbrl can generate, by Minari dataset id (see :class:`DatasetRecipe`)."""
 
 
-def load_dataset(dataset_id: str, *, download: bool = False, progress: bool = False) -> TensorDict:
+def _d4rl_recipes() -> dict[str, DatasetRecipe]:
+    recipes = {}
+    for env, (env_id, ref_min, ref_max) in ENVS.items():
+        def recipe(name: str, kind: str, num_steps: int | None = None, **kwargs) -> None:
+            text = _RECIPE_TEXT[name].format(env=env, env_id=env_id, num_steps=num_steps or 0)
+            text += f" Scores normalise with D4RL's {env} reference returns ({ref_min}, {ref_max})."
+            recipes[f"cmbrl/{env}/{name}-v0"] = DatasetRecipe(env_id, kind, num_steps, ref_min, ref_max, text,
+                                                              **kwargs)
+
+        recipe("random", "random", 1_000_000)
+        recipe("medium", "policy", 1_000_000, policy_file=f"{env}_medium_sac.pt")
+        recipe("medium-replay", "replay", policy_file=f"{env}_replay_sac.pt")
+        recipe("expert", "policy", 1_000_000, policy_file=f"{env}_expert_sac.pt")
+        recipe("medium-expert", "combine", sources=(f"cmbrl/{env}/medium-v0", f"cmbrl/{env}/expert-v0"))
+    return recipes
+
+
+DATASET_RECIPES: dict[str, DatasetRecipe] = _d4rl_recipes()
+"""Datasets cmbrl can generate, by Minari dataset id: ``cmbrl/<env>/<name>-v0`` for ``env`` in ``hopper``,
+``halfcheetah``, ``walker2d`` and ``name`` in ``random``, ``medium``, ``medium-replay``, ``expert``,
+``medium-expert`` (see :class:`DatasetRecipe`)."""
+
+
+def resolve_dataset_id(name: str) -> str:
+    """Maps a short name such as ``"hopper-medium-replay"`` (D4RL style) to ``"cmbrl/hopper/medium-replay-v0"``.
+
+    Full Minari ids (containing ``/``) are returned unchanged.
+
+    Raises:
+        ValueError: a short name that is not a cmbrl recipe (the message lists the allowed names).
+    """
+    if "/" in name:
+        return name
+    env, _, rest = name.partition("-")
+    dataset_id = f"cmbrl/{env}/{rest}-v0"
+    if dataset_id not in DATASET_RECIPES:
+        names = sorted(recipe_id.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
+                       for recipe_id in DATASET_RECIPES)
+        raise ValueError(f"Unknown dataset name {name!r}; allowed: {names} (or a full Minari id).")
+    return dataset_id
+
+
+def load_dataset(dataset_id: str, *, download: bool | None = None, progress: bool = False) -> TensorDict:
     """Loads a Minari dataset as one flat TensorDict of transitions.
 
     Lookup order: the local Minari root (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``); then, if
     ``dataset_id`` is in :data:`DATASET_RECIPES`, the dataset is generated with :func:`make_dataset` (default
-    recipe settings, seed 0); then, if ``download``, the Farama server.
+    recipe settings, seed 0; minutes for 1M steps); then, for ids outside the ``cmbrl/`` namespace (the official
+    ``mujoco/...`` ids, say), the Farama server via :func:`minari.download_dataset`.
 
     Args:
-        dataset_id: Minari id, e.g. ``"cmbrl/hopper/medium-v0"`` or ``"mujoco/hopper/medium-v0"``.
-        download: try :func:`minari.download_dataset` when the dataset is neither local nor a cmbrl recipe.
-            Default False.
+        dataset_id: Minari id, e.g. ``"cmbrl/hopper/medium-replay-v0"`` or ``"mujoco/hopper/medium-v0"``.
+        download: ``None`` (default) downloads ids outside ``cmbrl/`` when they are not local; ``False`` never
+            downloads; ``True`` is the same as ``None`` (``cmbrl/`` ids are always generated, never downloaded).
+            Without network a download attempt fails after Minari's timeout (~20 s here) with FileNotFoundError.
         progress: show tqdm bars (generation and loading). Default False.
 
     Returns:
@@ -112,6 +186,9 @@ def load_dataset(dataset_id: str, *, download: bool = False, progress: bool = Fa
         TypeError: observations or actions are not arrays (Dict / Tuple spaces are not supported).
     """
     dataset = _open_dataset(dataset_id, download=download, progress=progress)
+    cache, stamp = get_dataset_path(dataset_id) / _CACHE_DIR, _cache_stamp(dataset)
+    if (cache / "stamp.json").is_file() and json.loads((cache / "stamp.json").read_text()) == stamp:
+        return TensorDict.load_memmap(cache).clone()  # into memory, off the memmap files
     observations, actions, next_observations, rewards, terminations, truncations = [], [], [], [], [], []
     episodes = dataset.iterate_episodes()
     for episode in tqdm(episodes, total=dataset.total_episodes, disable=not progress, desc=f"loading {dataset_id}",
@@ -151,7 +228,7 @@ def load_dataset(dataset_id: str, *, download: bool = False, progress: bool = Fa
     num_transitions = terminated.shape[0]
     if num_transitions == 0:
         raise ValueError(f"Dataset '{dataset_id}' has no transitions ({dataset.total_episodes} episodes).")
-    return TensorDict(
+    transitions = TensorDict(
         {
             "observation": cat(observations),
             "action": cat(actions),
@@ -165,40 +242,79 @@ def load_dataset(dataset_id: str, *, download: bool = False, progress: bool = Fa
         },
         batch_size=[num_transitions],
     )
+    _write_cache(transitions, cache, stamp)
+    return transitions
+
+
+_CACHE_DIR = "cmbrl_cache"
+
+
+def _cache_stamp(dataset: minari.MinariDataset) -> dict:
+    """What the flat cache must match: the dataset's size and its metadata file's modification time."""
+    metadata_file = dataset.storage.data_path / "metadata.json"
+    return {"format": 1, "total_steps": int(dataset.total_steps), "total_episodes": int(dataset.total_episodes),
+            "metadata_mtime_ns": metadata_file.stat().st_mtime_ns if metadata_file.exists() else None}
+
+
+def _write_cache(transitions: TensorDict, cache: Path, stamp: dict) -> None:
+    """Saves the flat TensorDict beside the Minari files (TensorDict memmap): Minari reads episode by episode, about
+    1.5 ms per episode, so a 1M-step random dataset (~45k episodes) takes a minute to load; the cache takes ~1 s.
+    Best effort: an unwritable dataset folder only costs speed."""
+    tmp = cache.with_name(cache.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        transitions.memmap(tmp)
+        (tmp / "stamp.json").write_text(json.dumps(stamp))
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp.rename(cache)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"Could not write the load cache {cache} ({error}); loading stays at Minari's speed.",
+                      stacklevel=3)
 
 
 def collect_dataset(
     dataset_id: str,
     env_id: str,
-    policy: Policy,
-    num_steps: int,
+    policy: Policy | Sequence[tuple[Policy, int]],
+    num_steps: int | None = None,
     *,
     seed: int = 0,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
     description: str | None = None,
     algorithm_name: str | None = None,
+    behavior_policies: Sequence[dict] | None = None,
+    recipe: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> minari.MinariDataset:
-    """Rolls ``policy`` out in ``gymnasium.make(env_id)`` for exactly ``num_steps`` steps and writes a Minari dataset.
+    """Rolls a policy (or a sequence of policies) out in ``gymnasium.make(env_id)`` and writes a Minari dataset.
 
-    Episodes end on termination or on the env's own truncation (its ``TimeLimit``, 1000 steps for MuJoCo); the last
-    episode is cut at ``num_steps`` and then marked truncated. The env is reset with ``seed`` before the first
-    episode and unseeded afterwards; its action space is seeded with ``seed`` too. The policy's own randomness is the
-    caller's to seed. A summary (``num_steps``, ``seed``, number of episodes, mean / min / max return of the episodes
-    that ended in the env) is appended to the description.
+    Episodes end on termination or on the env's own truncation (its ``TimeLimit``, 1000 steps for MuJoCo). With one
+    policy, exactly ``num_steps`` steps are collected and the last episode is cut there and marked truncated. With
+    ``segments = [(policy_1, n_1), (policy_2, n_2), ...]`` (the ``"replay"`` recipe), policy ``k`` collects ``n_k``
+    steps starting from a fresh reset, and an episode running at the end of a segment is cut and marked truncated.
+    The env is reset with ``seed`` before the first episode and unseeded afterwards. The policies' own randomness is
+    the caller's to seed (see :func:`random_policy`, :func:`load_policy`).
+
+    A dataset card (:func:`dataset_card`) is stored in the Minari metadata under ``"dataset_card"`` and appended,
+    formatted, to the description.
 
     Args:
         dataset_id: Minari id of the new dataset, ``(namespace/)name-v<version>``.
         env_id: Gymnasium id, e.g. ``"Hopper-v5"``.
-        policy: ``observation (O,) float64 -> action (A,)``; actions are stored as the action space's dtype.
-        num_steps: environment steps (= transitions) to collect, ``>= 1``.
-        seed: env reset and action-space seed. Default 0.
+        policy: ``observation (O,) float64 -> action (A,)``, or a sequence of ``(policy, num_steps)`` segments.
+            Actions are stored as the action space's dtype.
+        num_steps: environment steps (= transitions) for a single policy, ``>= 1``; must be None with segments.
+        seed: env reset seed. Default 0.
         ref_min_score, ref_max_score: returns that normalise to 0 and 1 (reward units). Give both or neither:
             with only one, Minari would roll out a random policy for 100 episodes or drop the scores.
-        description: dataset description; the collection summary is appended.
+        description: dataset description; the card is appended.
         algorithm_name: name of the behaviour policy's algorithm, stored in the metadata.
+        behavior_policies: one JSON-serialisable dict per policy (or segment) for the card, e.g.
+            ``{"file": ..., "frames": ..., "eval_return": ...}``. Default: ``{"policy": "callable"}``.
+        recipe: recipe kind recorded in the card. Default None.
         overwrite: delete an existing dataset with this id first. Default False.
         progress: show a tqdm bar over steps. Default False.
 
@@ -207,12 +323,22 @@ def collect_dataset(
 
     Raises:
         FileExistsError: a dataset ``dataset_id`` exists and ``overwrite`` is False.
-        ValueError: malformed ``dataset_id``, ``num_steps < 1``, only one reference score, or the policy returns an
-            action of the wrong shape or a non-finite action.
+        ValueError: malformed ``dataset_id``, ``num_steps < 1`` (or given with segments), an empty or malformed segment
+            list, only one reference score, or a policy returns an action of the wrong shape or a non-finite action.
     """
     _check_dataset_id(dataset_id)
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+    if callable(policy):
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+        segments = [(policy, num_steps)]
+    else:
+        segments = list(policy)
+        if num_steps is not None:
+            raise ValueError(f"Give num_steps per segment, not num_steps={num_steps!r}, when policy is a sequence.")
+        if not segments or not all(isinstance(segment, tuple) and len(segment) == 2 and callable(segment[0])
+                                   and isinstance(segment[1], int) and segment[1] >= 1 for segment in segments):
+            raise ValueError("policy must be a callable or a non-empty sequence of (policy, num_steps >= 1) tuples, "
+                             f"got {policy!r}.")
     if (ref_min_score is None) != (ref_max_score is None):
         raise ValueError(
             f"Give both ref_min_score and ref_max_score or neither, got ref_min_score={ref_min_score}, "
@@ -221,53 +347,58 @@ def collect_dataset(
     _prepare_dataset_path(dataset_id, overwrite=overwrite)
 
     env = gym.make(env_id)
-    env.action_space.seed(seed)
     buffers: list[EpisodeBuffer] = []
     returns: list[float] = []
     ended_in_env: list[bool] = []
+    total_steps = sum(n for _, n in segments)
     observation, _ = env.reset(seed=seed)
-    episode = _new_episode(observation)
     episode_seed: int | None = seed
+    bar = tqdm(total=total_steps, disable=not progress, desc=f"collecting {dataset_id}", unit="step",
+               mininterval=1.0)
     try:
-        for step in tqdm(range(num_steps), disable=not progress, desc=f"collecting {dataset_id}", unit="step"):
-            action = np.asarray(policy(observation), dtype=env.action_space.dtype)
-            if action.shape != env.action_space.shape:
-                raise ValueError(
-                    f"policy returned an action of shape {action.shape}, {env_id} expects {env.action_space.shape}."
-                )
-            if not np.isfinite(action).all():
-                raise ValueError(f"policy returned a non-finite action {action} at step {step}.")
-            observation, reward, terminated, truncated, _ = env.step(action)
-            episode["observations"].append(observation)
-            episode["actions"].append(action)
-            episode["rewards"].append(float(reward))
-            episode["terminations"].append(bool(terminated))
-            episode["truncations"].append(bool(truncated))
-            last_step = step == num_steps - 1
-            if terminated or truncated or last_step:
-                ended_in_env.append(bool(terminated or truncated))
-                episode["truncations"][-1] = bool(truncated or not terminated)  # cut at num_steps -> truncated
-                returns.append(float(np.sum(episode["rewards"])))
-                buffers.append(EpisodeBuffer(id=len(buffers), seed=episode_seed, **episode))
-                if not last_step:
-                    observation, _ = env.reset()
-                    episode, episode_seed = _new_episode(observation), None
+        for segment, (segment_policy, segment_steps) in enumerate(segments):
+            if segment > 0:
+                observation, _ = env.reset()
+                episode_seed = None
+            episode = _new_episode(observation)
+            for step in range(segment_steps):
+                action = np.asarray(segment_policy(observation), dtype=env.action_space.dtype)
+                if action.shape != env.action_space.shape:
+                    raise ValueError(f"policy returned an action of shape {action.shape}, {env_id} expects "
+                                     f"{env.action_space.shape}.")
+                if not np.isfinite(action).all():
+                    raise ValueError(f"policy returned a non-finite action {action} at step {step}.")
+                observation, reward, terminated, truncated, _ = env.step(action)
+                episode["observations"].append(observation)
+                episode["actions"].append(action)
+                episode["rewards"].append(float(reward))
+                episode["terminations"].append(bool(terminated))
+                episode["truncations"].append(bool(truncated))
+                last_step = step == segment_steps - 1
+                if terminated or truncated or last_step:
+                    ended_in_env.append(bool(terminated or truncated))
+                    episode["truncations"][-1] = bool(truncated or not terminated)  # a cut episode -> truncated
+                    returns.append(float(np.sum(episode["rewards"])))
+                    buffers.append(EpisodeBuffer(id=len(buffers), seed=episode_seed, **episode))
+                    bar.update(len(episode["rewards"]))
+                    if not last_step:
+                        observation, _ = env.reset()
+                        episode, episode_seed = _new_episode(observation), None
     finally:
         env.close()
+        bar.close()
 
-    summary_returns = [r for r, ended in zip(returns, ended_in_env) if ended] or returns
-    summary = (
-        f"Collected with cmbrl collect_dataset from {env_id}: num_steps={num_steps}, seed={seed}, "
-        f"episodes={len(buffers)}, return over the {len(summary_returns)} "
-        f"{'complete ' if any(ended_in_env) else ''}episodes: mean={np.mean(summary_returns):.2f}, "
-        f"min={np.min(summary_returns):.2f}, max={np.max(summary_returns):.2f}."
+    card = _make_card(
+        dataset_id, env_id, seed=seed, recipe=recipe, num_transitions=total_steps, returns=returns,
+        ended_in_env=ended_in_env, ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+        behavior_policies=list(behavior_policies) if behavior_policies is not None else [{"policy": "callable"}],
     )
-    description = summary if description is None else f"{description}\n\n{summary}"
+    description = format_card(card) if description is None else f"{description}\n\n{format_card(card)}"
     try:
         with warnings.catch_warnings():
             # Minari nags about each optional metadata field left unset (author, code_permalink, eval_env, ...).
             warnings.filterwarnings("ignore", message=r"`\w+` is set to None", category=UserWarning)
-            return minari.create_dataset_from_buffers(
+            dataset = minari.create_dataset_from_buffers(
                 dataset_id,
                 buffers,
                 env=env_id,
@@ -276,9 +407,18 @@ def collect_dataset(
                 ref_max_score=ref_max_score,
                 description=description,
             )
+            dataset.storage.update_metadata({"dataset_card": card})
+            return dataset
     except BaseException:
         shutil.rmtree(get_dataset_path(dataset_id), ignore_errors=True)  # Minari leaves a half-written directory
         raise
+
+
+def random_policy(action_space: gym.spaces.Box, seed: int | None = None) -> Policy:
+    """A uniformly random policy over a Box action space (the D4RL ``random`` recipe), seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    low, high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
+    return lambda observation: rng.uniform(low, high).astype(action_space.dtype)
 
 
 def make_dataset(
@@ -292,31 +432,65 @@ def make_dataset(
 ) -> minari.MinariDataset:
     """Generates the registered cmbrl dataset ``dataset_id`` (see :data:`DATASET_RECIPES`).
 
-    The recipe's policy is loaded with :func:`load_policy` and sampled stochastically, its noise seeded with
-    ``seed`` (the global torch RNG is left untouched). The
-    description records the recipe id, the policy file name, ``num_steps``, ``seed`` and the episode returns.
+    ``"policy"`` recipes sample the recipe's SAC policy (:func:`load_policy`) stochastically, its noise seeded with
+    ``seed``; ``"random"`` recipes sample uniform actions seeded with ``seed``; ``"replay"`` recipes replay the
+    bundle's schedule (:func:`load_replay_schedule`, snapshot ``k`` seeded with ``seed + k``); ``"combine"`` recipes
+    generate their sources first when absent (same ``seed``) and concatenate them. The global torch RNG is left
+    untouched. The dataset card records the recipe, policy files, step counts, seed and returns.
 
     Args:
         dataset_id: a key of :data:`DATASET_RECIPES`, e.g. ``"cmbrl/hopper/medium-v0"``.
-        num_steps: environment steps; default the recipe's (100_000 for hopper-medium).
-        seed: env, action-space and policy seed. Default 0.
-        overwrite: replace an existing dataset with this id. Default False.
-        progress: show a tqdm bar. Default False.
-        policy_file: checkpoint to use instead of the recipe's (e.g. in tests).
+        num_steps: environment steps for ``"random"`` / ``"policy"`` recipes; default the recipe's (1,000,000).
+            Not allowed for ``"replay"`` and ``"combine"``.
+        seed: env, action and policy seed. Default 0.
+        overwrite: replace an existing dataset with this id (not its sources). Default False.
+        progress: show tqdm bars. Default False.
+        policy_file: checkpoint (or replay bundle) to use instead of the recipe's (e.g. in tests).
 
     Returns:
         The written :class:`minari.MinariDataset`.
 
     Raises:
-        ValueError: ``dataset_id`` is not a registered recipe (the message lists them).
+        ValueError: ``dataset_id`` is not a registered recipe (the message lists them), or ``num_steps`` given for a
+            ``"replay"`` / ``"combine"`` recipe.
         FileExistsError: the dataset exists and ``overwrite`` is False.
         FileNotFoundError: the policy checkpoint does not exist.
     """
     if dataset_id not in DATASET_RECIPES:
         raise ValueError(f"No cmbrl recipe for dataset '{dataset_id}'; registered: {sorted(DATASET_RECIPES)}.")
     recipe = DATASET_RECIPES[dataset_id]
-    if not overwrite and get_dataset_path(dataset_id).exists():  # fail before loading the policy
+    if num_steps is not None and recipe.kind in ("replay", "combine"):
+        raise ValueError(f"Recipe '{dataset_id}' ({recipe.kind}) has a fixed size; num_steps={num_steps} is only for "
+                         f"'random' and 'policy' recipes.")
+    if not overwrite and get_dataset_path(dataset_id).exists():  # fail before loading anything
         raise FileExistsError(_exists_message(dataset_id))
+    if recipe.kind == "combine":
+        return _combine(dataset_id, recipe, seed=seed, overwrite=overwrite, progress=progress)
+    common = dict(seed=seed, ref_min_score=recipe.ref_min_score, ref_max_score=recipe.ref_max_score,
+                  recipe=recipe.kind, overwrite=overwrite, progress=progress)
+    description = f"{recipe.description}\n\nRecipe: {dataset_id}."
+    if recipe.kind == "random":
+        action_space = gym.make(recipe.env_id).action_space
+        return collect_dataset(dataset_id, recipe.env_id, random_policy(action_space, seed),
+                               recipe.num_steps if num_steps is None else num_steps, description=description,
+                               algorithm_name="uniformly random policy",
+                               behavior_policies=[{"policy": "uniform random"}], **common)
+    policy_file = _recipe_policy_file(dataset_id, recipe, policy_file)
+    if recipe.kind == "replay":
+        schedule = load_replay_schedule(policy_file, seed=seed)
+        return collect_dataset(dataset_id, recipe.env_id, [(policy, n) for policy, n, _ in schedule],
+                               description=description, algorithm_name="SAC replay buffer (policy snapshots)",
+                               behavior_policies=[{"file": Path(policy_file).name, **info} for _, _, info in schedule],
+                               **common)
+    checkpoint = torch.load(policy_file, map_location="cpu", weights_only=True)
+    info = {key: checkpoint[key] for key in ("frames", "eval_return", "stochastic_return") if key in checkpoint}
+    return collect_dataset(dataset_id, recipe.env_id, load_policy(policy_file, seed=seed),
+                           recipe.num_steps if num_steps is None else num_steps, description=description,
+                           algorithm_name="SAC (stochastic behaviour policy)",
+                           behavior_policies=[{"file": Path(policy_file).name, **info}], **common)
+
+
+def _recipe_policy_file(dataset_id: str, recipe: DatasetRecipe, policy_file: str | os.PathLike | None) -> Path:
     if policy_file is None:
         if os.path.isabs(recipe.policy_file):
             policy_file = recipe.policy_file
@@ -325,22 +499,135 @@ def make_dataset(
     if not Path(policy_file).is_file():
         raise FileNotFoundError(
             f"Recipe '{dataset_id}' needs the behaviour-policy checkpoint {policy_file}, which does not exist. "
-            f"Train and save it there, or pass policy_file=."
+            f"Train and export it (examples/train_behavior_policy.py, examples/export_behavior_policies.py), or pass "
+            f"policy_file=."
         )
-    policy = load_policy(policy_file, seed=seed)
-    return collect_dataset(
-        dataset_id,
-        recipe.env_id,
-        policy,
-        recipe.num_steps if num_steps is None else num_steps,
-        seed=seed,
-        ref_min_score=recipe.ref_min_score,
-        ref_max_score=recipe.ref_max_score,
-        description=f"{recipe.description}\n\nRecipe: {dataset_id}; policy file: {Path(policy_file).name}.",
-        algorithm_name="SAC (stochastic behaviour policy)",
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return Path(policy_file)
+
+
+def _combine(dataset_id: str, recipe: DatasetRecipe, *, seed: int, overwrite: bool,
+             progress: bool) -> minari.MinariDataset:
+    """Concatenates ``recipe.sources`` (generating absent ones) with :func:`minari.combine_datasets`."""
+    sources = []
+    for source in recipe.sources:
+        if not (get_dataset_path(source) / "data").exists():
+            make_dataset(source, seed=seed, progress=progress)
+        sources.append(minari.load_dataset(source))
+    cards = [source.storage.metadata.get("dataset_card") for source in sources]
+    _prepare_dataset_path(dataset_id, overwrite=overwrite)
+    try:
+        dataset = minari.combine_datasets(sources, dataset_id)
+        card = _combine_cards(dataset_id, recipe, cards, sources)
+        dataset.storage.update_metadata({
+            "ref_min_score": recipe.ref_min_score, "ref_max_score": recipe.ref_max_score,
+            "algorithm_name": "SAC (stochastic behaviour policies)", "dataset_card": card,
+            "description": f"{recipe.description}\n\nRecipe: {dataset_id}.\n\n{format_card(card)}",
+        })
+    except BaseException:
+        shutil.rmtree(get_dataset_path(dataset_id), ignore_errors=True)
+        raise
+    return minari.load_dataset(dataset_id)  # re-read so the returned object sees the updated metadata
+
+
+def _make_card(dataset_id: str, env_id: str, *, seed: int | None, recipe: str | None, num_transitions: int,
+               returns: Sequence[float], ended_in_env: Sequence[bool], ref_min_score: float | None,
+               ref_max_score: float | None, behavior_policies: list[dict]) -> dict:
+    complete = [r for r, ended in zip(returns, ended_in_env) if ended]
+    stats_returns = complete or list(returns)
+    card = {
+        "dataset_id": dataset_id, "env_id": env_id, "recipe": recipe, "seed": seed,
+        "num_transitions": int(num_transitions), "num_episodes": len(returns), "num_complete_episodes": len(complete),
+        "return_mean": float(np.mean(stats_returns)), "return_min": float(np.min(stats_returns)),
+        "return_max": float(np.max(stats_returns)),
+        "behavior_policies": behavior_policies,
+    }
+    if ref_min_score is not None:
+        for stat in ("mean", "min", "max"):
+            card[f"normalized_score_{stat}"] = 100 * (card[f"return_{stat}"] - ref_min_score) / (
+                ref_max_score - ref_min_score)
+    return card
+
+
+def _combine_cards(dataset_id: str, recipe: DatasetRecipe, cards: list[dict | None],
+                   sources: list[minari.MinariDataset]) -> dict:
+    if any(card is None for card in cards):  # a source not written by cmbrl: compute from its episodes
+        cards = [dataset_card(source.spec.dataset_id) for source in sources]
+    weights = [max(card["num_complete_episodes"], 1) for card in cards]
+    mean = float(np.average([card["return_mean"] for card in cards], weights=weights))
+    card = {
+        "dataset_id": dataset_id, "env_id": recipe.env_id, "recipe": recipe.kind,
+        "seed": cards[0]["seed"] if len({card["seed"] for card in cards}) == 1 else [card["seed"] for card in cards],
+        "num_transitions": sum(card["num_transitions"] for card in cards),
+        "num_episodes": sum(card["num_episodes"] for card in cards),
+        "num_complete_episodes": sum(card["num_complete_episodes"] for card in cards),
+        "return_mean": mean, "return_min": min(card["return_min"] for card in cards),
+        "return_max": max(card["return_max"] for card in cards),
+        "behavior_policies": [policy for card in cards for policy in card["behavior_policies"]],
+        "sources": list(recipe.sources),
+    }
+    for stat in ("mean", "min", "max"):
+        card[f"normalized_score_{stat}"] = 100 * (card[f"return_{stat}"] - recipe.ref_min_score) / (
+            recipe.ref_max_score - recipe.ref_min_score)
+    return card
+
+
+def dataset_card(dataset_id: str) -> dict:
+    """The dataset card of a local Minari dataset: size, episode returns, normalised scores, behaviour policies.
+
+    Datasets written by cmbrl carry the card in their metadata (``"dataset_card"``); for others it is computed from
+    the episodes (returns over episodes that ended by termination or time limit; all episodes if none did).
+
+    Returns:
+        dict with ``dataset_id``, ``env_id``, ``recipe``, ``seed``, ``num_transitions``, ``num_episodes``,
+        ``num_complete_episodes``, ``return_mean`` / ``return_min`` / ``return_max`` (reward units),
+        ``normalized_score_mean`` / ``_min`` / ``_max`` (D4RL scale, 0 = random, 100 = expert; only with reference
+        scores) and ``behavior_policies`` (list of dicts).
+
+    Raises:
+        FileNotFoundError: the dataset is not local.
+    """
+    if not (get_dataset_path(dataset_id) / "data").exists():
+        raise FileNotFoundError(_not_found_message(dataset_id, "Generate it first (make_dataset)."))
+    dataset = minari.load_dataset(dataset_id)
+    metadata = dataset.storage.metadata
+    if "dataset_card" in metadata:
+        return metadata["dataset_card"]
+    returns, ended = [], []
+    for episode in dataset.iterate_episodes():
+        returns.append(float(np.sum(episode.rewards)))
+        ended.append(bool(episode.terminations[-1] or episode.truncations[-1]))
+    env_spec = dataset.spec.env_spec
+    return _make_card(dataset_id, env_spec.id if env_spec is not None else None, seed=None, recipe=None,
+                      num_transitions=dataset.total_steps, returns=returns, ended_in_env=ended,
+                      ref_min_score=metadata.get("ref_min_score"), ref_max_score=metadata.get("ref_max_score"),
+                      behavior_policies=[{"algorithm_name": metadata.get("algorithm_name")}])
+
+
+def format_card(card: dict) -> str:
+    """The dataset card as text (printed by ``python -m cmbrl.datasets``, stored in the description)."""
+    lines = [f"Dataset card: {card['dataset_id']}",
+             f"  env: {card['env_id']}   recipe: {card['recipe']}   seed: {card['seed']}",
+             f"  transitions: {card['num_transitions']:,}   episodes: {card['num_episodes']:,} "
+             f"({card['num_complete_episodes']:,} ended by termination or time limit)",
+             f"  episode return (complete episodes): mean {card['return_mean']:.1f}, min {card['return_min']:.1f}, "
+             f"max {card['return_max']:.1f}"]
+    if "normalized_score_mean" in card:
+        lines.append(f"  normalised score (D4RL, 0 random / 100 expert): mean {card['normalized_score_mean']:.1f}, "
+                     f"min {card['normalized_score_min']:.1f}, max {card['normalized_score_max']:.1f}")
+    policies = card["behavior_policies"]
+    if len(policies) > 4:
+        lines.append(f"  behaviour policies: {len(policies)} segments, first {_policy_text(policies[0])}, "
+                     f"last {_policy_text(policies[-1])}")
+    else:
+        lines += [f"  behaviour policy: {_policy_text(policy)}" for policy in policies]
+    if "sources" in card:
+        lines.append(f"  sources: {', '.join(card['sources'])}")
+    return "\n".join(lines)
+
+
+def _policy_text(policy: dict) -> str:
+    return ", ".join(f"{key}={value:.0f}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in policy.items())
 
 
 def load_policy(path: str | os.PathLike, *, seed: int | None = None) -> Policy:
@@ -362,19 +649,61 @@ def load_policy(path: str | os.PathLike, *, seed: int | None = None) -> Policy:
     Raises:
         ValueError: the checkpoint lacks one of the keys above.
     """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    _check_keys(checkpoint, ("actor", "observation_dim", "action_dim", "hidden_sizes"), path)
+    return _numpy_policy(checkpoint, checkpoint["actor"], seed)
+
+
+def load_replay_schedule(path: str | os.PathLike, *, seed: int = 0) -> list[tuple[Policy, int, dict]]:
+    """Loads a replay bundle: the compact recipe of a SAC run's replay buffer (D4RL ``medium-replay``).
+
+    A bundle (written by ``examples/export_behavior_policies.py``) is a dict with ``"observation_dim"``,
+    ``"action_dim"``, ``"hidden_sizes"`` and ``"schedule"``: a list, in training order, of
+    ``{"frames": f, "num_steps": n, "actor": state_dict or None, "eval_return": r}``. Entry ``k`` stands for the
+    ``n`` steps the run collected after frame ``f``; its actor is the snapshot saved at ``f`` (stored in float16 to
+    keep the bundle small), or ``None`` for the uniformly random warm-up.
+
+    Args:
+        path: bundle file.
+        seed: entry ``k``'s policy noise is seeded with ``seed + k``.
+
+    Returns:
+        ``[(policy, num_steps, info), ...]`` with ``info = {"frames": f, "num_steps": n, "eval_return": r}``.
+
+    Raises:
+        ValueError: the file is not a replay bundle (lacks ``"schedule"`` or the actor keys).
+    """
+    bundle = torch.load(path, map_location="cpu", weights_only=True)
+    _check_keys(bundle, ("schedule", "observation_dim", "action_dim", "hidden_sizes"), path)
+    low = np.broadcast_to(np.asarray(bundle.get("action_low", -1.0), dtype=np.float32), (int(bundle["action_dim"]),))
+    high = np.broadcast_to(np.asarray(bundle.get("action_high", 1.0), dtype=np.float32), (int(bundle["action_dim"]),))
+    schedule = []
+    for k, entry in enumerate(bundle["schedule"]):
+        if entry["actor"] is None:
+            policy = random_policy(gym.spaces.Box(low, high, dtype=np.float32), seed + k)
+        else:
+            policy = _numpy_policy(bundle, entry["actor"], seed + k)
+        info = {key: entry[key] for key in ("frames", "num_steps", "eval_return") if key in entry}
+        schedule.append((policy, int(entry["num_steps"]), info))
+    return schedule
+
+
+def _check_keys(checkpoint: dict, keys: Sequence[str], path) -> None:
+    missing = [key for key in keys if key not in checkpoint]
+    if missing:
+        raise ValueError(f"Policy checkpoint {path} lacks {missing}; it has {sorted(checkpoint)}.")
+
+
+def _numpy_policy(meta: dict, actor_state: dict, seed: int | None) -> Policy:
     # Imported here: components/ must not import cmbrl.agents at module level.
     from cmbrl.agents.sac import make_sac_actor
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [key for key in ("actor", "observation_dim", "action_dim", "hidden_sizes") if key not in checkpoint]
-    if missing:
-        raise ValueError(f"Policy checkpoint {path} lacks {missing}; it has {sorted(checkpoint)}.")
-    observation_dim, action_dim = int(checkpoint["observation_dim"]), int(checkpoint["action_dim"])
-    low = np.broadcast_to(np.asarray(checkpoint.get("action_low", -1.0), dtype=np.float32), (action_dim,))
-    high = np.broadcast_to(np.asarray(checkpoint.get("action_high", 1.0), dtype=np.float32), (action_dim,))
+    observation_dim, action_dim = int(meta["observation_dim"]), int(meta["action_dim"])
+    low = np.broadcast_to(np.asarray(meta.get("action_low", -1.0), dtype=np.float32), (action_dim,))
+    high = np.broadcast_to(np.asarray(meta.get("action_high", 1.0), dtype=np.float32), (action_dim,))
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
-        actor = make_sac_actor(observation_dim, action_dim, tuple(checkpoint["hidden_sizes"]))
-    actor.load_state_dict(checkpoint["actor"])
+        actor = make_sac_actor(observation_dim, action_dim, tuple(meta["hidden_sizes"]))
+    actor.load_state_dict({key: value.float() for key, value in actor_state.items()})
     mlp, extractor = actor.module[0].module  # nn.Sequential(MLP, NormalParamExtractor)
     layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) if isinstance(m, torch.nn.Linear)
               else None for m in mlp if isinstance(m, (torch.nn.Linear, torch.nn.ReLU))]
@@ -394,13 +723,15 @@ def load_policy(path: str | os.PathLike, *, seed: int | None = None) -> Policy:
     return policy
 
 
-def _open_dataset(dataset_id: str, *, download: bool, progress: bool) -> minari.MinariDataset:
+def _open_dataset(dataset_id: str, *, download: bool | None, progress: bool) -> minari.MinariDataset:
     """Finds ``dataset_id`` locally, generates it from a recipe, or downloads it."""
     if (get_dataset_path(dataset_id) / "data").exists():
         return minari.load_dataset(dataset_id)
     if dataset_id in DATASET_RECIPES:
         return make_dataset(dataset_id, progress=progress)
-    if not download:
+    if dataset_id.startswith("cmbrl/"):
+        raise FileNotFoundError(_not_found_message(dataset_id, "cmbrl datasets are generated, never downloaded."))
+    if download is False:
         raise FileNotFoundError(_not_found_message(dataset_id, "Pass download=True to try the Farama server."))
     try:
         minari.download_dataset(dataset_id)

@@ -93,7 +93,9 @@ def test_load_dataset_matches_minari():
     np.testing.assert_allclose(minari.get_normalized_score(dataset, returns),
                                (returns + 20.272305) / (3234.3 + 20.272305))
     assert dataset.storage.metadata["description"].startswith("uniform actions")
-    assert "num_steps=1500, seed=3" in dataset.storage.metadata["description"]
+    assert "transitions: 1,500" in dataset.storage.metadata["description"]
+    card = dataset.storage.metadata["dataset_card"]
+    assert (card["num_transitions"], card["seed"]) == (1500, 3)
 
 
 def test_collect_dataset_is_seeded_and_refuses_to_overwrite():
@@ -122,19 +124,28 @@ def test_collect_dataset_rejects_bad_arguments(minari_root):
 
 
 def test_missing_dataset_raises_file_not_found(monkeypatch):
-    with pytest.raises(FileNotFoundError) as error:
-        load_dataset("nowhere/absent-v0")
-    message = str(error.value)
-    assert "nowhere/absent-v0" in message and HOPPER_RECIPE in message and "network" in message
+    attempts = []
 
     def offline(dataset_id, force_download=False):
+        attempts.append(dataset_id)
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(minari, "download_dataset", offline)
+    with pytest.raises(FileNotFoundError) as error:
+        load_dataset("nowhere/absent-v0", download=False)
+    message = str(error.value)
+    assert "nowhere/absent-v0" in message and HOPPER_RECIPE in message and "network" in message
+    assert attempts == []
+
     collect_dataset("test/hopper/local-v0", "Hopper-v5", uniform_policy(0), 10)
-    with pytest.raises(FileNotFoundError, match="no route to host") as error:
-        load_dataset("nowhere/absent-v0", download=True)
-    assert "test/hopper/local-v0" in str(error.value)  # lists the local datasets
+    for download in (None, True):  # official ids are downloaded by default
+        with pytest.raises(FileNotFoundError, match="no route to host") as error:
+            load_dataset("mujoco/hopper/medium-v0", download=download)
+        assert "test/hopper/local-v0" in str(error.value)  # lists the local datasets
+    assert attempts == ["mujoco/hopper/medium-v0"] * 2
+    with pytest.raises(FileNotFoundError, match="never downloaded"):  # a typo in a cmbrl id is not downloaded
+        load_dataset("cmbrl/hopper/mediun-v0")
+    assert len(attempts) == 2
 
 
 def test_non_finite_value_raises():
@@ -188,7 +199,7 @@ def test_make_dataset_hopper_recipe(policy_file):
     assert dataset.total_steps == 300
     metadata = dataset.storage.metadata
     assert (metadata["ref_min_score"], metadata["ref_max_score"]) == (-20.272305, 3234.3)
-    for text in (HOPPER_RECIPE, "random_sac.pt", "num_steps=300", "seed=1", "mean="):
+    for text in (HOPPER_RECIPE, "random_sac.pt", "transitions: 300", "seed: 1", "normalised score"):
         assert text in metadata["description"]
     minari.get_normalized_score(dataset, np.array([1000.0]))
 
