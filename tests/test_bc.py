@@ -178,3 +178,22 @@ def test_example_main_writes_finite_results(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="eval_episodes >= 1"):
         example.main(dataclasses.replace(args, eval_episodes=0))
 
+
+
+def test_bc_table_runs_seeds_resumes_and_writes_the_table(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    spec = importlib.util.spec_from_file_location("bc_table_example", ROOT / "examples" / "bc_table.py")
+    table_example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = table_example
+    spec.loader.exec_module(table_example)
+    argv = ["--datasets", tiny_dataset, "--seeds", "0", "1", "--num-steps", "20", "--eval-episodes", "1",
+            "--out", str(tmp_path / "table")]
+    table = table_example.main(argv)
+    results = [json.loads((tmp_path / "table" / f"test_hopper_tiny-v0_seed{s}.json").read_text()) for s in (0, 1)]
+    row = table.splitlines()[-1]
+    assert row.startswith(f"| {tiny_dataset} | 2,000 |")
+    assert f"{results[0]['normalized_score']:.1f} / {results[1]['normalized_score']:.1f}" in row
+    (tmp_path / "table" / "test_hopper_tiny-v0_seed0.json").write_text(
+        json.dumps({**results[0], "normalized_score": 55.5}))  # a finished seed is read back, not rerun
+    assert "55.5 /" in table_example.main(argv)
+    assert (tmp_path / "table" / "table.md").read_text().startswith("| dataset |")

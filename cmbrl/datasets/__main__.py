@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             for dataset_id, recipe in DATASET_RECIPES.items():
-                status = "generated" if _exists(dataset_id) else "absent"
+                status = f"generated ({dataset_card(dataset_id)['num_transitions']:,} transitions)" \
+                    if _exists(dataset_id) else "absent"
                 size = f"{recipe.num_steps:,} steps" if recipe.num_steps else recipe.kind
                 print(f"{dataset_id:38s} {recipe.env_id:15s} {recipe.kind:8s} {size:18s} {status}")
             return 0
