@@ -1,4 +1,4 @@
-"""Offline datasets: Minari datasets as flat TorchRL transition TensorDicts, and a small generation recipe registry.
+"""Offline datasets: Minari datasets as flat TorchRL transition TensorDicts, and the D4RL recipes regenerated locally.
 
 :func:`load_dataset` reads a local Minari dataset episode by episode into one TensorDict of ``N`` transitions with
 TorchRL's keys (``"observation"``, ``"action"``, ``("next", "observation")``, ``("next", "reward")``,
@@ -7,8 +7,11 @@ TorchRL's keys (``"observation"``, ``"action"``, ``("next", "observation")``, ``
 
 Datasets that cannot be downloaded (this project often runs without network) are generated locally:
 :func:`collect_dataset` rolls a policy out in a Gymnasium env and writes a Minari dataset, and
-:data:`DATASET_RECIPES` names the datasets cmbrl knows how to build (:func:`make_dataset`); :func:`load_dataset`
-generates a registered recipe the first time it is asked for.
+:data:`DATASET_RECIPES` names the datasets cmbrl knows how to build (:func:`make_dataset`): D4RL's ``random``,
+``medium``, ``medium-replay``, ``expert`` and ``medium-expert`` for hopper, halfcheetah and walker2d (Gymnasium v5),
+from behaviour policies shipped in ``cmbrl/components/data``. :func:`load_dataset` generates a registered recipe the
+first time it is asked for; every generated dataset carries a card (:func:`dataset_card`). The command line is
+``python -m cmbrl.datasets``.
 
 Reference: Fu et al., "D4RL: Datasets for Deep Data-Driven Reinforcement Learning", arXiv:2004.07219 (the
 ``medium`` recipe and the reference returns used for normalised scores); Minari, https://minari.farama.org.

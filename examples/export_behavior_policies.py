@@ -46,6 +46,9 @@ class Args:
     """Ignore snapshots before this many frames when choosing the medium policy."""
     max_frames: int = 0
     """Ignore snapshots after this many frames (0: all)."""
+    medium_max_frames: int = 0
+    """Choose the medium policy among snapshots up to this many frames (0: up to the expert snapshot). Fixing it
+    keeps the medium choice stable while the run goes on."""
     replay_every: int = 10_000
     """Frames per replay segment (a multiple of the snapshot interval)."""
     candidates: int = 6
@@ -97,7 +100,7 @@ def main(args: Args) -> dict:
     # "stopped early" on the way, not one that collapsed after the peak), so medium-replay stays below expert level.
     expert_returns = evaluate(sorted(snapshots, key=lambda f: -meta[f]["eval_return"])[:args.candidates], "expert")
     expert = max(expert_returns, key=expert_returns.get)
-    eligible = [f for f in snapshots if args.min_frames <= f <= expert]
+    eligible = [f for f in snapshots if args.min_frames <= f <= min(expert, args.medium_max_frames or expert)]
     medium_returns = evaluate(sorted(eligible, key=lambda f: abs(meta[f]["eval_return"] - target))[:args.candidates],
                               "medium")
     medium = min(medium_returns, key=lambda f: abs(medium_returns[f] - target))
