@@ -39,7 +39,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 __all__ = ["Policy", "DatasetRecipe", "DATASET_RECIPES", "ENVS", "load_dataset", "collect_dataset", "make_dataset",
-           "load_policy", "load_replay_schedule", "random_policy", "dataset_card", "format_card", "resolve_dataset_id"]
+           "load_policy", "load_replay_schedule", "random_policy", "dataset_exists", "dataset_card", "format_card", "resolve_dataset_id"]
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """A behaviour policy: ``observation (O,) float64 -> action (A,)``, as Gymnasium passes them."""
@@ -486,8 +486,9 @@ def make_dataset(
                                behavior_policies=[{"file": Path(policy_file).name, **info} for _, _, info in schedule],
                                **common)
     checkpoint = torch.load(policy_file, map_location="cpu", weights_only=True)
+    _check_keys(checkpoint, ("actor", "observation_dim", "action_dim", "hidden_sizes"), policy_file)
     info = {key: checkpoint[key] for key in ("frames", "eval_return", "stochastic_return") if key in checkpoint}
-    return collect_dataset(dataset_id, recipe.env_id, load_policy(policy_file, seed=seed),
+    return collect_dataset(dataset_id, recipe.env_id, _numpy_policy(checkpoint, checkpoint["actor"], seed),
                            recipe.num_steps if num_steps is None else num_steps, description=description,
                            algorithm_name="SAC (stochastic behaviour policy)",
                            behavior_policies=[{"file": Path(policy_file).name, **info}], **common)
@@ -513,7 +514,7 @@ def _combine(dataset_id: str, recipe: DatasetRecipe, *, seed: int, overwrite: bo
     """Concatenates ``recipe.sources`` (generating absent ones) with :func:`minari.combine_datasets`."""
     sources = []
     for source in recipe.sources:
-        if not (get_dataset_path(source) / "data").exists():
+        if not dataset_exists(source):
             make_dataset(source, seed=seed, progress=progress)
         sources.append(minari.load_dataset(source))
     cards = [source.storage.metadata.get("dataset_card") for source in sources]
@@ -574,6 +575,11 @@ def _combine_cards(dataset_id: str, recipe: DatasetRecipe, cards: list[dict | No
     return card
 
 
+def dataset_exists(dataset_id: str) -> bool:
+    """Whether the Minari dataset ``dataset_id`` is in the local Minari root (written completely: its data folder)."""
+    return (get_dataset_path(dataset_id) / "data").exists()
+
+
 def dataset_card(dataset_id: str) -> dict:
     """The dataset card of a local Minari dataset: size, episode returns, normalised scores, behaviour policies.
 
@@ -589,7 +595,7 @@ def dataset_card(dataset_id: str) -> dict:
     Raises:
         FileNotFoundError: the dataset is not local.
     """
-    if not (get_dataset_path(dataset_id) / "data").exists():
+    if not dataset_exists(dataset_id):
         raise FileNotFoundError(_not_found_message(dataset_id, "Generate it first (make_dataset)."))
     dataset = minari.load_dataset(dataset_id)
     metadata = dataset.storage.metadata
@@ -678,8 +684,7 @@ def load_replay_schedule(path: str | os.PathLike, *, seed: int = 0) -> list[tupl
     """
     bundle = torch.load(path, map_location="cpu", weights_only=True)
     _check_keys(bundle, ("schedule", "observation_dim", "action_dim", "hidden_sizes"), path)
-    low = np.broadcast_to(np.asarray(bundle.get("action_low", -1.0), dtype=np.float32), (int(bundle["action_dim"]),))
-    high = np.broadcast_to(np.asarray(bundle.get("action_high", 1.0), dtype=np.float32), (int(bundle["action_dim"]),))
+    low, high = _action_bounds(bundle)
     schedule = []
     for k, entry in enumerate(bundle["schedule"]):
         if entry["actor"] is None:
@@ -697,13 +702,20 @@ def _check_keys(checkpoint: dict, keys: Sequence[str], path) -> None:
         raise ValueError(f"Policy checkpoint {path} lacks {missing}; it has {sorted(checkpoint)}.")
 
 
+def _action_bounds(meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)``, each ``(A,)`` float32, from a checkpoint's optional ``action_low`` / ``action_high`` (default
+    the SAC actor's [-1, 1])."""
+    shape = (int(meta["action_dim"]),)
+    return (np.broadcast_to(np.asarray(meta.get("action_low", -1.0), dtype=np.float32), shape),
+            np.broadcast_to(np.asarray(meta.get("action_high", 1.0), dtype=np.float32), shape))
+
+
 def _numpy_policy(meta: dict, actor_state: dict, seed: int | None) -> Policy:
     # Imported here: components/ must not import cmbrl.agents at module level.
     from cmbrl.agents.sac import make_sac_actor
 
     observation_dim, action_dim = int(meta["observation_dim"]), int(meta["action_dim"])
-    low = np.broadcast_to(np.asarray(meta.get("action_low", -1.0), dtype=np.float32), (action_dim,))
-    high = np.broadcast_to(np.asarray(meta.get("action_high", 1.0), dtype=np.float32), (action_dim,))
+    low, high = _action_bounds(meta)
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
         actor = make_sac_actor(observation_dim, action_dim, tuple(meta["hidden_sizes"]))
     actor.load_state_dict({key: value.float() for key, value in actor_state.items()})
@@ -728,7 +740,7 @@ def _numpy_policy(meta: dict, actor_state: dict, seed: int | None) -> Policy:
 
 def _open_dataset(dataset_id: str, *, download: bool | None, progress: bool) -> minari.MinariDataset:
     """Finds ``dataset_id`` locally, generates it from a recipe, or downloads it."""
-    if (get_dataset_path(dataset_id) / "data").exists():
+    if dataset_exists(dataset_id):
         return minari.load_dataset(dataset_id)
     if dataset_id in DATASET_RECIPES:
         return make_dataset(dataset_id, progress=progress)

@@ -77,12 +77,12 @@ def main(args: Args) -> dict:
         raise ValueError(f"--env must be one of {sorted(ENVS)}, got {args.env!r}.")
     env_id, _, ref_max = ENVS[args.env]
     run, dest = Path(args.run), Path(args.dest)
-    snapshots = {int(torch.load(p, weights_only=True)["frames"]): p for p in sorted(run.glob("policies/step_*.pt"))}
-    if args.max_frames:
-        snapshots = {f: p for f, p in snapshots.items() if f <= args.max_frames}
-    if not snapshots:
+    loaded = [(path, torch.load(path, weights_only=True)) for path in sorted(run.glob("policies/step_*.pt"))]
+    loaded = [(path, m) for path, m in loaded if not args.max_frames or m["frames"] <= args.max_frames]
+    if not loaded:
         raise FileNotFoundError(f"No snapshots in {run / 'policies'}; run train_behavior_policy.py first.")
-    meta = {f: torch.load(p, weights_only=True) for f, p in snapshots.items()}
+    snapshots = {int(m["frames"]): path for path, m in loaded}
+    meta = {int(m["frames"]): m for _, m in loaded}
     if meta[min(meta)]["env_id"] != env_id:
         raise ValueError(f"The run in {run} trained {meta[min(meta)]['env_id']}, not {env_id}.")
     target = args.target_fraction * ref_max

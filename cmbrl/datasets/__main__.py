@@ -17,13 +17,8 @@ import argparse
 import sys
 import time
 
-from minari.storage.datasets_root_dir import get_dataset_path
-
-from cmbrl.components.datasets import DATASET_RECIPES, dataset_card, format_card, make_dataset, resolve_dataset_id
-
-
-def _exists(dataset_id: str) -> bool:
-    return (get_dataset_path(dataset_id) / "data").exists()
+from cmbrl.components.datasets import (DATASET_RECIPES, dataset_card, dataset_exists, format_card, make_dataset,
+                                       resolve_dataset_id)
 
 
 def _ids(names: list[str]) -> list[str]:
@@ -55,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for dataset_id, recipe in DATASET_RECIPES.items():
                 status = f"generated ({dataset_card(dataset_id)['num_transitions']:,} transitions)" \
-                    if _exists(dataset_id) else "absent"
+                    if dataset_exists(dataset_id) else "absent"
                 size = f"{recipe.num_steps:,} steps" if recipe.num_steps else recipe.kind
                 print(f"{dataset_id:38s} {recipe.env_id:15s} {recipe.kind:8s} {size:18s} {status}")
             return 0
@@ -65,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_card(dataset_card(dataset_id)))
             return 0
         for dataset_id in ids:
-            if _exists(dataset_id) and not args.overwrite:
+            if dataset_exists(dataset_id) and not args.overwrite:
                 print(f"{dataset_id} exists; leaving it (pass --overwrite to regenerate).")
             else:
                 recipe = DATASET_RECIPES[dataset_id]
