@@ -6,7 +6,8 @@
 Trains :class:`cmbrl.BC` (MSE to the dataset's actions, CORL's BC settings) on uniform minibatches of the whole
 dataset, then runs the deterministic policy for ``eval_episodes`` episodes in the Gymnasium env recorded in the
 Minari dataset and reports the mean return and the D4RL-normalised score (100 = expert reference return,
-0 = random). Writes ``<out>/<dataset with / as _>_seed<S>.json`` and TorchRL CSV logs under ``<out>/logs``.
+0 = random). Writes ``<out>/<dataset with / as _>_seed<S>.json``, ``<out>/result.json`` (the format of
+``benchmarks/learning.py``'s cells) and TorchRL CSV logs under ``<out>/logs``.
 """
 from __future__ import annotations
 
@@ -109,6 +110,12 @@ def main(args: Args) -> dict:
               "return_mean": float(returns.mean()), "return_std": float(returns.std()), "normalized_score": score,
               "wall_time_s": time.perf_counter() - start}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    # the learning benchmark's cell result (benchmarks/learning.py): the final evaluation as a one-point history
+    (out / "result.json").write_text(json.dumps({
+        "normalized_score": score,
+        "history": [{"step": args.num_steps, "normalized_score": score, "return": result["return_mean"],
+                     "return_std": result["return_std"]}],
+        "args": dataclasses.asdict(args), "wall_time_s": result["wall_time_s"]}, indent=1))
     return result
 
 

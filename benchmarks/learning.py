@@ -1,0 +1,570 @@
+"""Learning benchmark: algorithm x dataset x seed at a stated budget, one example script run per cell.
+
+    python benchmarks/learning.py --algos mopo bc --datasets hopper-medium hopper-medium-replay --seeds 0 1 2 \\
+        --jobs 2 --budget short --out runs/learning
+    python benchmarks/learning.py --out runs/learning --table-only       # table, CSVs and plots from the files
+    python benchmarks/learning.py --algos mopo --datasets hopper-medium --set mopo:hopper-medium:penalty_coef=2.5
+
+Cells. A cell (algo, dataset, seed) runs ``examples/<algo>.py`` in its own subprocess:
+
+    python examples/<algo>.py --dataset <minari id> --seed <S> --threads 1 --out <cell> <budget and settings args>
+
+with ``<cell> = <out>/<algo>/<dataset with / as _>/seed<S>``. Its stdout and stderr are appended to ``<cell>/log.txt``.
+A cell is finished iff ``<cell>/result.json`` exists and parses, with (at least)
+
+    {"normalized_score": float, "history": [{"step": int, "normalized_score": float, ...}, ...],
+     "args": {...}, "wall_time_s": float}
+
+(``normalized_score`` is the final evaluation, ``history`` the evaluations during training). Finished cells are never
+run again (``--rerun`` deletes their folder and runs them from scratch); an unfinished cell is run again with the same
+command, and the examples resume from their own checkpoint in the cell folder. A failing cell is reported with the
+tail of its log, the other cells go on, and the exit code is 1. Any script in ``--examples-dir`` that follows this
+contract is an algorithm here (``--algos awac`` runs ``examples/awac.py``).
+
+Arguments of a cell, later ones overriding earlier ones:
+  1. the budget preset (``--budget``): ``BUDGETS[budget][algo]``, or ``BUDGETS[budget]["*"]`` for other algorithms;
+  2. the per-(algo, dataset) settings ``SETTINGS[algo]``: every dataset glob pattern matching the Minari id, in order
+     (MOPO's official per-dataset horizon and penalty coefficient, the evaluation env, ...);
+  3. ``--num-steps`` / ``--eval-every`` (every algorithm whose budget has that argument);
+  4. ``--set ALGO:DATASET:KEY=VALUE`` or ``--set ALGO:KEY=VALUE`` (ALGO and DATASET may be globs such as ``*`` or
+     ``cmbrl/hopper/*``, DATASET may be a short name; KEY in either spelling; VALUE ``true``/``false`` gives
+     ``--key`` / ``--no-key``, ``none`` drops the argument). Repeatable.
+``--dataset``, ``--seed``, ``--threads 1`` and ``--out`` are always set by the benchmark.
+
+Outputs in ``--out``: ``results.csv`` (one row per cell), ``curves.csv`` (every evaluation of every finished cell),
+``table.md`` (mean ± std over seeds per dataset and algorithm, after the reference rows "data", the dataset's
+average normalised return from its dataset card, and "bc"), ``curves_<dataset>.png`` (mean over seeds with a
+min-max band against gradient steps; dashed lines for the data's average and BC's mean) and ``config.json`` (the
+selection and budget of the last run, the defaults of a later ``--table-only``).
+
+Datasets are loaded once in this process before any cell starts (generated or downloaded on first use), so that
+cells of one dataset don't race to write it; ``--no-prepare`` skips that. Cells run through :func:`run_cell`
+(a pure function of a :class:`Cell`) on a thread pool of ``--jobs`` workers; another backend (Ray) only has to map
+:func:`run_cell` over the cells.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import fnmatch
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_ALGOS = ("bc",)
+"""Algorithms shown as reference rows and lines (not learning curves)."""
+DEFAULT_ALGOS = ["bc", "mopo"]
+DEFAULT_DATASETS = ["cmbrl/hopper/medium-v0"]
+DEFAULT_SEEDS = [0, 1, 2]
+
+BUDGETS: dict[str, dict[str, dict]] = {
+    "smoke": {  # seconds to a minute or two per cell: checks the pipeline, not the algorithms
+        "*": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1},
+        "bc": {"num_steps": 200, "eval_episodes": 1},
+        "mopo": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1, "max_transitions": 10_000,
+                 "rollout_batch_size": 1_000, "ensemble_max_epochs": 5},
+    },
+    "short": {  # ~15 min per MOPO cell on 2 busy CPU cores (examples/mopo.py's defaults)
+        "*": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
+        "bc": {"num_steps": 10_000, "eval_episodes": 10},
+        "mopo": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
+    },
+    "full": {  # the papers' budgets: 1M gradient steps, the whole dataset, 10 evaluation episodes
+        "*": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10},
+        "bc": {"num_steps": 1_000_000, "eval_episodes": 10},  # CORL BC
+        "mopo": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10, "max_transitions": 0,
+                 "rollout_batch_size": 50_000},  # MOPO: 1000 epochs of 1000 steps, 50k rollouts
+    },
+}
+"""``budget -> algo -> example arguments`` (``"*"``: algorithms not listed)."""
+
+_ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+# MOPO's official per-dataset settings (github.com/tianheyu927/mopo, examples/config/d4rl/*.py; "mixed" is
+# medium-replay): rollout length h and penalty coefficient λ. No expert datasets there: mopo.py's defaults apply.
+_MOPO_D4RL = {("halfcheetah", "random"): (5, 0.5), ("halfcheetah", "medium"): (1, 1.0),
+              ("halfcheetah", "medium-replay"): (5, 1.0), ("halfcheetah", "medium-expert"): (5, 5.0),
+              ("hopper", "random"): (5, 1.0), ("hopper", "medium"): (5, 5.0), ("hopper", "medium-replay"): (5, 1.0),
+              ("hopper", "medium-expert"): (5, 1.0), ("walker2d", "random"): (1, 1.0), ("walker2d", "medium"): (5, 5.0),
+              ("walker2d", "medium-replay"): (1, 1.0), ("walker2d", "medium-expert"): (1, 2.0)}
+SETTINGS: dict[str, dict[str, dict]] = {
+    "mopo": {
+        **{f"*/{env}/*": {"env_id": env_id, "termination_fn": env} for env, env_id in _ENV_IDS.items()},
+        **{f"*/{env}/{name}-v*": {"horizon": h, "penalty_coef": coef} for (env, name), (h, coef) in _MOPO_D4RL.items()},
+    },
+}
+"""``algo -> dataset glob -> example arguments``; every pattern matching the dataset's Minari id applies, in order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run: ``command`` (argv) writes ``out/result.json``; its output goes to ``out/log.txt``."""
+    algo: str
+    dataset: str
+    seed: int
+    out: Path
+    command: tuple[str, ...]
+    cwd: Path = ROOT
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo} {self.dataset} seed {self.seed}"
+
+    @property
+    def result_path(self) -> Path:
+        return self.out / "result.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.txt"
+
+
+def dataset_dirname(dataset_id: str) -> str:
+    return dataset_id.replace("/", "_")
+
+
+def cell_dir(root: Path, algo: str, dataset_id: str, seed: int) -> Path:
+    return Path(root) / algo / dataset_dirname(dataset_id) / f"seed{seed}"
+
+
+def resolve_dataset(name: str) -> str:
+    """A Minari id unchanged, a short name (``hopper-medium-replay``) as its cmbrl id."""
+    if "/" in name:
+        return name
+    from cmbrl.components.datasets import resolve_dataset_id  # imports torch and minari: only when needed
+    return resolve_dataset_id(name)
+
+
+def read_result(path: Path) -> dict | None:
+    """The parsed ``result.json``, or None when it is absent or not a valid result (the cell is unfinished)."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or not isinstance(result.get("normalized_score"), (int, float)):
+        return None
+    return result
+
+
+def parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_set(spec: str) -> tuple[str, str, str, object]:
+    """``ALGO:DATASET:KEY=VALUE`` or ``ALGO:KEY=VALUE`` -> (algo glob, dataset glob, key, value)."""
+    left, eq, value = spec.partition("=")
+    parts = left.split(":")
+    if not eq or len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"--set {spec!r}: expected ALGO:DATASET:KEY=VALUE or ALGO:KEY=VALUE")
+    algo, dataset, key = (parts[0], "*", parts[1]) if len(parts) == 2 else parts
+    if not any(c in dataset for c in "*?["):
+        dataset = resolve_dataset(dataset)
+    return algo, dataset, key.replace("-", "_"), parse_value(value)
+
+
+def cell_args(algo: str, dataset_id: str, budget: str, *, num_steps: int | None = None,
+              eval_every: int | None = None, sets: Sequence[tuple[str, str, str, object]] = ()) -> dict:
+    """The example arguments of a cell other than dataset, seed, threads and out (see the module docstring)."""
+    presets = BUDGETS[budget]
+    args = dict(presets.get(algo, presets["*"]))
+    for pattern, settings in SETTINGS.get(algo, {}).items():
+        if fnmatch.fnmatchcase(dataset_id, pattern):
+            args.update(settings)
+    if num_steps is not None and "num_steps" in args:
+        args["num_steps"] = num_steps
+    if eval_every is not None and "eval_every" in args:
+        args["eval_every"] = eval_every
+    for algo_glob, dataset_glob, key, value in sets:
+        if fnmatch.fnmatchcase(algo, algo_glob) and fnmatch.fnmatchcase(dataset_id, dataset_glob):
+            args[key] = value
+    return {key: value for key, value in args.items() if value is not None}
+
+
+def to_argv(args: dict) -> list[str]:
+    argv = []
+    for key, value in args.items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
+def make_cell(algo: str, dataset_id: str, seed: int, root: Path, examples_dir: Path, args: dict) -> Cell:
+    out = cell_dir(root, algo, dataset_id, seed).resolve()
+    command = (sys.executable, str((Path(examples_dir) / f"{algo}.py").resolve()), "--dataset", dataset_id,
+               "--seed", str(seed), "--threads", "1", "--out", str(out), *to_argv(args))
+    return Cell(algo, dataset_id, seed, out, command)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    # progress bars write \r-separated updates: keep the last state of each line
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")[-lines:])
+
+
+def run_cell(cell: Cell) -> dict:
+    """Runs one cell to completion in a subprocess (output appended to its log.txt).
+
+    Returns ``{"ok": bool, "returncode": int, "wall_time_s": float, "result": dict | None, "error": str}``;
+    ``ok`` iff the script exited with 0 and left a valid ``result.json``. Never raises for a failing script.
+    """
+    cell.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with open(cell.log_path, "a") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cell.command)}\n")
+        log.flush()
+        try:
+            returncode = subprocess.run(cell.command, stdout=log, stderr=subprocess.STDOUT, cwd=cell.cwd,
+                                        env=env).returncode
+        except OSError as error:  # the interpreter or the script could not be started
+            log.write(f"{error!r}\n")
+            returncode = -1
+    wall = time.perf_counter() - start
+    result = read_result(cell.result_path)
+    error = ""
+    if returncode != 0:
+        error = f"exit code {returncode}"
+    elif result is None:
+        error = f"exit code 0 but no valid {cell.result_path.name}"
+    return {"ok": not error, "returncode": returncode, "wall_time_s": wall, "result": result, "error": error}
+
+
+def run_cells(cells: Sequence[Cell], jobs: int, runner: Callable[[Cell], dict] = run_cell) -> dict[Cell, dict]:
+    """Runs ``cells`` on ``jobs`` threads (each waits on its subprocess); prints a line as each starts / ends."""
+    import tqdm
+
+    outcomes: dict[Cell, dict] = {}
+    total = len(cells)
+    bar = tqdm.tqdm(total=total, desc="cells", unit="cell", file=sys.stderr, dynamic_ncols=True,
+                    disable=not sys.stderr.isatty())  # a bar in a log file is noise: the lines say it all
+
+    def start_and_run(index_cell):
+        index, cell = index_cell
+        resumed = " (resuming)" if cell.log_path.exists() else ""
+        tqdm.tqdm.write(f"[{index}/{total}] start {cell.name}{resumed} -> {cell.out}")
+        return runner(cell)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(start_and_run, (i, cell)): (i, cell) for i, cell in enumerate(cells, 1)}
+        for future in concurrent.futures.as_completed(futures):
+            index, cell = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as error:  # noqa: BLE001 - a backend error is reported like a failing cell
+                outcome = {"ok": False, "returncode": None, "wall_time_s": 0.0, "result": None, "error": repr(error)}
+            outcomes[cell] = outcome
+            if outcome["ok"]:
+                tqdm.tqdm.write(f"[{index}/{total}] done  {cell.name}: normalised score "
+                                f"{outcome['result']['normalized_score']:.1f} ({outcome['wall_time_s']:.0f} s)")
+            else:
+                log_tail = "\n".join("    " + line for line in tail(cell.log_path).splitlines())
+                tqdm.tqdm.write(f"[{index}/{total}] FAILED {cell.name}: {outcome['error']} "
+                                f"({outcome['wall_time_s']:.0f} s); log {cell.log_path}, last lines:\n{log_tail}")
+            bar.update()
+    bar.close()
+    return outcomes
+
+
+def data_reference(dataset_id: str) -> float | None:
+    """The dataset's average normalised return (its card's ``normalized_score_mean``); None if not local/unknown."""
+    from cmbrl.components.datasets import dataset_card
+
+    try:
+        return dataset_card(dataset_id).get("normalized_score_mean")
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def prepare_dataset(dataset_id: str) -> None:
+    """Loads the dataset once (generating a cmbrl recipe or downloading on first use, writing the load cache)."""
+    from cmbrl import load_dataset
+
+    load_dataset(dataset_id, progress=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# results: CSVs, table, plots
+
+
+def final_step(result: dict) -> int | None:
+    history = result.get("history") or []
+    steps = [h["step"] for h in history if isinstance(h, dict) and "step" in h]
+    return max(steps) if steps else None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _fmt_steps(steps: list) -> str:
+    steps = sorted({s for s in steps if s is not None})
+    if not steps:
+        return "—"
+    return f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}–{steps[-1]:,}"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
+
+
+def budget_text(algos: Sequence[str], budget: str, seeds: Sequence[int], overrides: dict) -> str:
+    parts = []
+    for algo in algos:
+        args = cell_args(algo, "", budget, **overrides)  # "" matches no dataset pattern: the budget alone
+        text = algo
+        if isinstance(args.get("num_steps"), int):
+            text += f" {args['num_steps']:,} gradient steps"
+        if isinstance(args.get("eval_every"), int):
+            text += f", evaluated every {args['eval_every']:,}"
+        if "eval_episodes" in args:
+            text += f", {args['eval_episodes']} evaluation episode{'s' * (args['eval_episodes'] != 1)}"
+        parts.append(text)
+    return (f"Budget `{budget}`, seeds {' '.join(map(str, seeds))}: " + "; ".join(parts)
+            + ". Score: the final evaluation.")
+
+
+def write_outputs(out: Path, algos: Sequence[str], datasets: Sequence[str], seeds: Sequence[int],
+                  cells: dict[tuple[str, str, int], Cell], header: str, subtitle: str, settings_lines: Sequence[str],
+                  reference: Callable[[str], float | None], status: dict[tuple[str, str, int], str]) -> str:
+    """Reads every cell's result.json; writes results.csv, curves.csv, table.md and the plots. Returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = {key: read_result(cell.result_path) for key, cell in cells.items()}
+
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algo", "dataset", "seed", "status", "normalized_score", "final_step", "wall_time_s"])
+        for (algo, dataset, seed), result in results.items():
+            if result is None:
+                writer.writerow([algo, dataset, seed, status.get((algo, dataset, seed), "missing"), "", "", ""])
+            else:
+                writer.writerow([algo, dataset, seed, "done", result["normalized_score"], final_step(result) or "",
+                                 result.get("wall_time_s", "")])
+    with open(out / "curves.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algo", "dataset", "seed", "step", "normalized_score"])
+        for (algo, dataset, seed), result in results.items():
+            for point in (result or {}).get("history") or []:
+                if isinstance(point, dict) and "step" in point and "normalized_score" in point:
+                    writer.writerow([algo, dataset, seed, point["step"], point["normalized_score"]])
+
+    rows = ["| dataset | algorithm | normalised score (mean ± std) | seeds | per seed | gradient steps | "
+            "wall time per seed |", "|---|---|---|---|---|---|---|"]
+    ordered = [a for a in REFERENCE_ALGOS] + [a for a in algos if a not in REFERENCE_ALGOS]
+    for dataset in datasets:
+        average = reference(dataset)
+        rows.append(f"| {dataset} | data (average) | "
+                    f"{'n/a (no dataset card)' if average is None else f'{average:.1f}'} | | | | |")
+        for algo in ordered:
+            found = [(seed, results.get((algo, dataset, seed))) for seed in seeds]
+            done = [(seed, r) for seed, r in found if r is not None]
+            if not done:
+                why = "not run" if algo in algos else "not run (not in --algos)"
+                rows.append(f"| {dataset} | {algo} | {why} | 0/{len(seeds)} | | | |")
+                continue
+            mean, std = mean_std([r["normalized_score"] for _, r in done])
+            per_seed = " / ".join("—" if r is None else f"{r['normalized_score']:.1f}" for _, r in found)
+            walls = [r["wall_time_s"] for _, r in done if isinstance(r.get("wall_time_s"), (int, float))]
+            wall = _fmt_duration(sum(walls) / len(walls)) if walls else "—"
+            rows.append(f"| {dataset} | {algo} | {mean:.1f} ± {std:.1f} | {len(done)}/{len(seeds)} | {per_seed} | "
+                        f"{_fmt_steps([final_step(r) for _, r in done])} | {wall} |")
+    table = "\n".join(rows)
+    footer = ("Normalised score: D4RL scale (0 random, 100 expert), each seed's final evaluation; mean ± std "
+              "(population std) over the finished seeds. data: the dataset's average normalised episode return "
+              "(dataset card). bc: behaviour cloning on the same data.")
+    text = f"{header}\n\n{table}\n\n{footer}\n"
+    if settings_lines:
+        text += "\nPer-dataset settings:\n" + "".join(f"- {line}\n" for line in settings_lines)
+    (out / "table.md").write_text(text)
+
+    for dataset in datasets:
+        plot_dataset(out / f"curves_{dataset_dirname(dataset)}.png", dataset, ordered, seeds, results,
+                     reference(dataset), subtitle)
+    return text
+
+
+def plot_dataset(path: Path, dataset: str, algos: Sequence[str], seeds: Sequence[int], results: dict,
+                 average: float | None, subtitle: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if average is not None:
+        ax.axhline(average, color="gray", linestyle="--", label=f"data average ({average:.1f})")
+    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for algo in algos:
+        done = [r for r in (results.get((algo, dataset, seed)) for seed in seeds) if r is not None]
+        if not done:
+            continue
+        color = next(colors)
+        if algo in REFERENCE_ALGOS:
+            mean = mean_std([r["normalized_score"] for r in done])[0]
+            ax.axhline(mean, color=color, linestyle="--", label=f"{algo} mean ({mean:.1f}, {len(done)} seeds)")
+            continue
+        by_step: dict[int, list[float]] = {}
+        for result in done:
+            for point in result.get("history") or []:
+                if isinstance(point, dict) and "step" in point and "normalized_score" in point:
+                    by_step.setdefault(int(point["step"]), []).append(float(point["normalized_score"]))
+        if not by_step:
+            continue
+        steps = sorted(by_step)
+        ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], marker="o", markersize=3, color=color,
+                label=f"{algo} (mean of {len(done)} seeds, min–max)")
+        ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], color=color,
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("normalised score (D4RL)")
+    ax.set_title(f"{dataset}\n{subtitle}", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    epilog = "budgets (BUDGETS; '*': other algorithms):\n" + "\n".join(
+        f"  {budget:6s} {algo}: {' '.join(to_argv(args))}" for budget, presets in BUDGETS.items()
+        for algo, args in presets.items())
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", help=f"example scripts in --examples-dir (default {DEFAULT_ALGOS}, "
+                        "with --table-only: the last run's in --out)")
+    parser.add_argument("--datasets", nargs="+", help="Minari ids or short names such as hopper-medium-replay "
+                        f"(default {DEFAULT_DATASETS}; with --table-only: the last run's in --out)")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help=f"default {DEFAULT_SEEDS} (with --table-only: the last run's)")
+    parser.add_argument("--budget", choices=list(BUDGETS), help="argument preset, see BUDGETS (default short, "
+                        "with --table-only: the last run's)")
+    parser.add_argument("--num-steps", type=int, help="gradient steps of every algorithm (overrides the budget)")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations (overrides the budget)")
+    parser.add_argument("--set", action="append", default=[], metavar="ALGO:[DATASET:]KEY=VALUE",
+                        help="an example argument for matching cells (globs allowed), e.g. "
+                             "mopo:cmbrl/hopper/medium-v0:penalty_coef=5 or '*:eval_episodes=3'; repeatable")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run side by side (each uses 1 thread)")
+    parser.add_argument("--out", default="runs/learning", help="root folder of the cells and the outputs")
+    parser.add_argument("--examples-dir", default=str(ROOT / "examples"), help="where <algo>.py are")
+    parser.add_argument("--rerun", action="store_true", help="delete the selected finished cells and run them again")
+    parser.add_argument("--table-only", action="store_true", help="only recompute the table, CSVs and plots")
+    parser.add_argument("--no-prepare", action="store_true", help="don't load the datasets here before the cells")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands of the cells to run and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float | None] | None = None,
+         runner: Callable[[Cell], dict] = run_cell) -> int:
+    """Runs the benchmark; returns the exit code (1 if a cell failed). ``reference(dataset_id)`` gives the data's
+    average normalised return (default :func:`data_reference`); ``runner`` runs one cell (default :func:`run_cell`)."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    config_path = out / "config.json"
+    # --table-only defaults to the selection of the last run in --out; a run defaults to the built-in values
+    last = json.loads(config_path.read_text()) if args.table_only and config_path.exists() else {}
+    algos = args.algos or last.get("algos") or DEFAULT_ALGOS
+    datasets = [resolve_dataset(d) for d in (args.datasets or last.get("datasets") or DEFAULT_DATASETS)]
+    seeds = args.seeds if args.seeds is not None else last.get("seeds", DEFAULT_SEEDS)
+    budget = args.budget or last.get("budget") or "short"
+    num_steps = args.num_steps if args.num_steps is not None else last.get("num_steps")
+    eval_every = args.eval_every if args.eval_every is not None else last.get("eval_every")
+    set_specs = args.set or last.get("set", [])
+    sets = [parse_set(spec) for spec in set_specs]
+    overrides = {"num_steps": num_steps, "eval_every": eval_every, "sets": sets}
+    examples_dir = Path(args.examples_dir)
+    missing = [algo for algo in algos if not (examples_dir / f"{algo}.py").exists()]
+    if missing and not args.table_only:
+        raise SystemExit(f"no example script for {missing} in {examples_dir}")
+
+    cells: dict[tuple[str, str, int], Cell] = {}
+    settings_lines = []
+    for dataset in datasets:
+        for algo in dict.fromkeys([*REFERENCE_ALGOS, *algos]):
+            cell_arguments = cell_args(algo, dataset, budget, **overrides)
+            for seed in seeds:
+                cells[algo, dataset, seed] = make_cell(algo, dataset, seed, out, examples_dir, cell_arguments)
+            if algo in algos:
+                settings_lines.append(f"{algo} on {dataset}: {' '.join(to_argv(cell_arguments))}")
+    header = "# Learning benchmark\n\n" + budget_text(list(dict.fromkeys([*REFERENCE_ALGOS, *algos])), budget,
+                                                     seeds, overrides)
+    reference = reference or data_reference
+    status: dict[tuple[str, str, int], str] = {}
+    failed: list[Cell] = []
+
+    if not args.table_only:
+        run_order = [a for a in dict.fromkeys([*REFERENCE_ALGOS, *algos]) if a in algos]  # BC first: it is quick
+        selected = [cells[a, d, s] for s in seeds for d in datasets for a in run_order]
+        finished = [cell for cell in selected if read_result(cell.result_path) is not None]
+        todo = selected if args.rerun else [cell for cell in selected if cell not in finished]
+        print(f"{len(selected)} cells, {len(finished)} finished, {len(todo)} to run "
+              f"({args.jobs} at a time); {header.splitlines()[-1]}", flush=True)
+        if args.dry_run:
+            for cell in todo:
+                print(" ".join(cell.command))
+            return 0
+        if args.rerun:
+            for cell in finished:
+                shutil.rmtree(cell.out)
+        out.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps({"algos": algos, "datasets": datasets, "seeds": seeds, "budget": budget,
+                                           "num_steps": num_steps, "eval_every": eval_every, "set": set_specs},
+                                          indent=1))
+        if not args.no_prepare:
+            for dataset in dict.fromkeys(cell.dataset for cell in todo):
+                try:
+                    prepare_dataset(dataset)
+                except Exception as error:  # noqa: BLE001 - its cells fail; the other datasets go on
+                    print(f"could not load {dataset}: {error!r}; its cells are skipped", flush=True)
+                    for cell in [c for c in todo if c.dataset == dataset]:
+                        todo.remove(cell)
+                        failed.append(cell)
+                        status[cell.algo, cell.dataset, cell.seed] = "failed"
+        outcomes = run_cells(todo, args.jobs, runner)
+        for cell, outcome in outcomes.items():
+            if not outcome["ok"]:
+                failed.append(cell)
+                status[cell.algo, cell.dataset, cell.seed] = "failed"
+
+    subtitle = f"budget {budget}, seeds {' '.join(map(str, seeds))}; band: min–max over seeds"
+    text = write_outputs(out, algos, datasets, seeds, cells, header, subtitle, settings_lines, reference, status)
+    print(text)
+    print(f"wrote {out / 'table.md'}, results.csv, curves.csv and curves_*.png")
+    if failed:
+        print(f"{len(failed)} cell(s) failed:", "; ".join(f"{c.name} ({c.log_path})" for c in failed), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

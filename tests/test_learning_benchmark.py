@@ -1,0 +1,209 @@
+"""benchmarks/learning.py with fake example scripts: cells run once, resume, fail alone, run side by side; the
+table, CSVs and plots come from the cells' result.json files."""
+import csv
+import importlib.util
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = "test/fake-v0"
+DATA_AVERAGE = 42.0
+
+FAKE_EXAMPLE = textwrap.dedent('''
+    """A fake example: logs its call, optionally fails or waits for a sibling cell, writes result.json."""
+    import argparse, json, os, sys, time
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num-steps", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=1)
+    args, extra = parser.parse_known_args()
+    algo = Path(__file__).stem
+    with open(here / "calls.txt", "a") as f:
+        f.write(f"{algo} {args.dataset} {args.seed} {' '.join(extra)}\\n")
+    print(f"{algo} seed {args.seed} training", flush=True)
+    if os.environ.get("FAKE_FAIL") == f"{algo}:{args.seed}":
+        print("boom: something went wrong", file=sys.stderr)
+        sys.exit(3)
+    barrier = os.environ.get("FAKE_BARRIER")
+    if barrier:  # wait (up to 5 s) until every cell has started: only possible if they run side by side
+        Path(barrier, f"{algo}_{args.seed}").touch()
+        deadline = time.time() + 5
+        while len(os.listdir(barrier)) < int(os.environ["FAKE_BARRIER_N"]) and time.time() < deadline:
+            time.sleep(0.02)
+        Path(args.out, "saw_all.txt").write_text(str(len(os.listdir(barrier)) >= int(os.environ["FAKE_BARRIER_N"])))
+    every = args.eval_every or args.num_steps
+    history = [{"step": s, "normalized_score": 10.0 * args.seed + s / 10, "return": 1.0}
+               for s in range(every, args.num_steps + 1, every)]
+    Path(args.out, "result.json").write_text(json.dumps({
+        "normalized_score": history[-1]["normalized_score"], "history": history, "args": vars(args),
+        "wall_time_s": 0.5}))
+''')
+
+
+@pytest.fixture(scope="module")
+def learning():
+    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def examples(tmp_path):
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for algo in ("bc", "fake"):
+        (folder / f"{algo}.py").write_text(FAKE_EXAMPLE)
+    return folder
+
+
+def calls(examples):
+    path = examples / "calls.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def run(learning, examples, out, *extra, algos=("bc", "fake"), seeds=("0", "1")):
+    argv = ["--algos", *algos, "--datasets", DATASET, "--seeds", *seeds, "--budget", "smoke", "--num-steps", "40",
+            "--eval-every", "20", "--out", str(out), "--examples-dir", str(examples), "--no-prepare", *extra]
+    return learning.main(argv, reference=lambda dataset_id: DATA_AVERAGE)
+
+
+def result_path(out, algo, seed):
+    return out / algo / "test_fake-v0" / f"seed{seed}" / "result.json"
+
+
+def table_rows(out):
+    return [line for line in (out / "table.md").read_text().splitlines() if line.startswith(f"| {DATASET} |")]
+
+
+def test_cells_run_once_resume_and_write_every_output(learning, examples, tmp_path):
+    out = tmp_path / "runs"
+    assert run(learning, examples, out, "--jobs", "2") == 0
+    assert sorted(calls(examples)) == sorted(f"{a} {DATASET} {s} " for a in ("bc", "fake") for s in (0, 1))
+    finished = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in out.glob("*/*/seed*/result.json")}
+    assert len(finished) == 4
+    assert "fake seed 1 training" in (out / "fake" / "test_fake-v0" / "seed1" / "log.txt").read_text()
+
+    # the outputs: one row per cell, every evaluation, the table with its reference rows first, one plot
+    with open(out / "results.csv") as f:
+        results = list(csv.DictReader(f))
+    assert [(r["algo"], r["seed"], r["status"], float(r["normalized_score"]), r["final_step"]) for r in results] == [
+        ("bc", "0", "done", 4.0, "40"), ("bc", "1", "done", 14.0, "40"),
+        ("fake", "0", "done", 4.0, "40"), ("fake", "1", "done", 14.0, "40")]
+    with open(out / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert [(c["algo"], c["seed"], c["step"]) for c in curves if c["algo"] == "fake"] == [
+        ("fake", "0", "20"), ("fake", "0", "40"), ("fake", "1", "20"), ("fake", "1", "40")]
+    rows = table_rows(out)
+    assert [row.split(" | ")[1] for row in rows] == ["data (average)", "bc", "fake"]
+    assert "| 42.0 |" in rows[0]
+    assert "| 9.0 ± 5.0 | 2/2 | 4.0 / 14.0 | 40 |" in rows[2]
+    table = (out / "table.md").read_text()
+    assert "Budget `smoke`, seeds 0 1" in table and "fake 40 gradient steps, evaluated every 20" in table
+    assert (out / "curves_test_fake-v0.png").stat().st_size > 1000
+    assert json.loads((out / "config.json").read_text())["algos"] == ["bc", "fake"]
+
+    # a second invocation runs nothing and leaves the finished cells' files alone
+    assert run(learning, examples, out) == 0
+    assert len(calls(examples)) == 4
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in finished} == finished
+
+    # an interrupted cell (no result.json) is run again, with the same command, its log appended
+    result_path(out, "fake", 1).unlink()
+    assert run(learning, examples, out) == 0
+    assert calls(examples)[4:] == [f"fake {DATASET} 1 "]
+    assert (out / "fake" / "test_fake-v0" / "seed1" / "log.txt").read_text().count("=== ") == 2
+    assert result_path(out, "fake", 1).exists()
+
+    # --rerun starts the selected finished cells over
+    assert run(learning, examples, out, "--rerun", algos=("fake",), seeds=("0",)) == 0
+    assert calls(examples)[5:] == [f"fake {DATASET} 0 "]
+
+
+def test_table_only_recomputes_from_the_result_files(learning, examples, tmp_path):
+    out = tmp_path / "runs"
+    assert run(learning, examples, out) == 0
+    path = result_path(out, "fake", 0)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "normalized_score": 30.0}))
+    assert run(learning, examples, out, "--table-only") == 0
+    assert len(calls(examples)) == 4
+    assert "| 22.0 ± 8.0 | 2/2 | 30.0 / 14.0 |" in table_rows(out)[2]
+    with open(out / "results.csv") as f:
+        assert [float(r["normalized_score"]) for r in csv.DictReader(f) if r["algo"] == "fake"] == [30.0, 14.0]
+    # without a selection, --table-only uses the last run's (config.json)
+    argv = ["--out", str(out), "--table-only"]
+    assert learning.main(argv, reference=lambda dataset_id: DATA_AVERAGE) == 0
+    assert "| 22.0 ± 8.0 |" in table_rows(out)[2]
+    # a missing seed: the mean is over the finished ones and the row says how many
+    path.unlink()
+    assert run(learning, examples, out, "--table-only") == 0
+    assert "| 14.0 ± 0.0 | 1/2 | — / 14.0 |" in table_rows(out)[2]
+
+
+def test_failing_cell_is_reported_and_the_others_still_run(learning, examples, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    monkeypatch.setenv("FAKE_FAIL", "fake:0")
+    assert run(learning, examples, out, "--jobs", "2", algos=("fake",), seeds=("0", "1", "2")) == 1
+    printed = capsys.readouterr().out
+    assert "FAILED fake test/fake-v0 seed 0: exit code 3" in printed and "boom: something went wrong" in printed
+    assert "1 cell(s) failed" in printed
+    assert not result_path(out, "fake", 0).exists()
+    assert result_path(out, "fake", 1).exists() and result_path(out, "fake", 2).exists()
+    with open(out / "results.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f) if r["algo"] == "fake"] == ["failed", "done", "done"]
+    rows = table_rows(out)
+    assert "| bc | not run (not in --algos) | 0/3 |" in rows[1]
+    assert "| 2/3 |" in rows[2]
+    # fixed: only the failed cell runs again
+    monkeypatch.delenv("FAKE_FAIL")
+    assert run(learning, examples, out, algos=("fake",), seeds=("0", "1", "2")) == 0
+    assert calls(examples)[3:] == [f"fake {DATASET} 0 "]
+
+
+def test_jobs_run_cells_side_by_side(learning, examples, tmp_path, monkeypatch):
+    out, barrier = tmp_path / "runs", tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("FAKE_BARRIER", str(barrier))
+    monkeypatch.setenv("FAKE_BARRIER_N", "2")
+    assert run(learning, examples, out, "--jobs", "2", algos=("fake",)) == 0
+    assert [(result_path(out, "fake", s).parent / "saw_all.txt").read_text() for s in (0, 1)] == ["True", "True"]
+
+
+def test_cell_arguments_budget_settings_and_overrides(learning, examples, tmp_path):
+    mopo = learning.cell_args("mopo", "cmbrl/hopper/medium-v0", "short")
+    assert mopo == {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5, "env_id": "Hopper-v5",
+                    "termination_fn": "hopper", "horizon": 5, "penalty_coef": 5.0}
+    walker = learning.cell_args("mopo", "cmbrl/walker2d/medium-replay-v0", "full", num_steps=7)
+    assert (walker["num_steps"], walker["horizon"], walker["penalty_coef"], walker["env_id"]) == (7, 1, 1.0,
+                                                                                                   "Walker2d-v5")
+    assert learning.cell_args("awac", "cmbrl/hopper/medium-v0", "smoke") == BUDGET_SMOKE_DEFAULT
+    assert "eval_every" not in learning.cell_args("bc", "cmbrl/hopper/medium-v0", "short", eval_every=3)
+    sets = [learning.parse_set("mopo:cmbrl/hopper/medium-v0:penalty-coef=2.5"), learning.parse_set("*:normalize=false"),
+            learning.parse_set("mopo:cmbrl/*/expert-v0:horizon=none")]
+    assert sets[0] == ("mopo", "cmbrl/hopper/medium-v0", "penalty_coef", 2.5)
+    args = learning.cell_args("mopo", "cmbrl/hopper/medium-v0", "short", sets=sets)
+    assert args["penalty_coef"] == 2.5 and args["normalize"] is False
+    assert "horizon" not in learning.cell_args("mopo", "cmbrl/hopper/expert-v0", "short", sets=sets)
+    assert learning.to_argv({"num_steps": 5, "normalize": False, "x": True}) == ["--num-steps", "5",
+                                                                                 "--no-normalize", "--x"]
+    with pytest.raises(ValueError, match="ALGO:DATASET:KEY=VALUE"):
+        learning.parse_set("mopo:penalty_coef")
+    cell = learning.make_cell("mopo", "cmbrl/hopper/medium-v0", 2, tmp_path / "r", examples, {"horizon": 5})
+    assert cell.out == (tmp_path / "r" / "mopo" / "cmbrl_hopper_medium-v0" / "seed2").resolve()
+    assert cell.command[1:] == (str((examples / "mopo.py").resolve()), "--dataset", "cmbrl/hopper/medium-v0",
+                                "--seed", "2", "--threads", "1", "--out", str(cell.out), "--horizon", "5")
+
+
+BUDGET_SMOKE_DEFAULT = {"num_steps": 200, "eval_every": 100, "eval_episodes": 1}
