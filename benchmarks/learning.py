@@ -24,7 +24,7 @@ contract is an algorithm here (``--algos awac`` runs ``examples/awac.py``).
 Arguments of a cell, later ones overriding earlier ones:
   1. the budget preset (``--budget``): ``BUDGETS[budget][algo]``, or ``BUDGETS[budget]["*"]`` for other algorithms;
   2. the per-(algo, dataset) settings ``SETTINGS[algo]``: every dataset glob pattern matching the Minari id, in order
-     (MOPO's official per-dataset horizon and penalty coefficient, the evaluation env, ...);
+     (deviations from an example's own per-dataset defaults);
   3. ``--num-steps`` / ``--eval-every`` (every algorithm whose budget has that argument);
   4. ``--set ALGO:DATASET:KEY=VALUE`` or ``--set ALGO:KEY=VALUE`` (ALGO and DATASET may be globs such as ``*`` or
      ``cmbrl/hopper/*``, DATASET may be a short name; KEY in either spelling; VALUE ``true``/``false`` gives
@@ -87,19 +87,12 @@ BUDGETS: dict[str, dict[str, dict]] = {
 }
 """``budget -> algo -> example arguments`` (``"*"``: algorithms not listed)."""
 
-_ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
-# MOPO's official per-dataset settings (github.com/tianheyu927/mopo, examples/config/d4rl/*.py; "mixed" is
-# medium-replay): rollout length h and penalty coefficient λ. No expert datasets there: mopo.py's defaults apply.
-_MOPO_D4RL = {("halfcheetah", "random"): (5, 0.5), ("halfcheetah", "medium"): (1, 1.0),
-              ("halfcheetah", "medium-replay"): (5, 1.0), ("halfcheetah", "medium-expert"): (5, 5.0),
-              ("hopper", "random"): (5, 1.0), ("hopper", "medium"): (5, 5.0), ("hopper", "medium-replay"): (5, 1.0),
-              ("hopper", "medium-expert"): (5, 1.0), ("walker2d", "random"): (1, 1.0), ("walker2d", "medium"): (5, 5.0),
-              ("walker2d", "medium-replay"): (1, 1.0), ("walker2d", "medium-expert"): (1, 2.0)}
 SETTINGS: dict[str, dict[str, dict]] = {
-    "mopo": {
-        **{f"*/{env}/*": {"env_id": env_id, "termination_fn": env} for env, env_id in _ENV_IDS.items()},
-        **{f"*/{env}/{name}-v*": {"horizon": h, "penalty_coef": coef} for (env, name), (h, coef) in _MOPO_D4RL.items()},
-    },
+    # examples/mopo.py derives the evaluation env, the termination function and the per-dataset horizon and
+    # penalty coefficient from the dataset itself (its MOPO_HYPERPARAMETERS: OfflineRL-Kit's suggested values), so
+    # a cell and a user's plain `python examples/mopo.py --dataset ...` run the same settings. Add entries here only
+    # to deviate from an example's own defaults.
+    "mopo": {},
 }
 """``algo -> dataset glob -> example arguments``; every pattern matching the dataset's Minari id applies, in order."""
 

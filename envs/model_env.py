@@ -21,18 +21,22 @@ class ModelEnv(EnvBase):
     """A batch of ``B`` model MDPs driven by a :class:`DynamicsEnsemble` (no reward penalty, no horizon).
 
     ``reset`` draws start states uniformly from ``start_states``; partial resets (TorchRL's ``"_reset"`` mask, as
-    collectors send) draw new start states for the masked rows only. ``step`` samples one elite member per row
-    (uniformly), draws ``(next_observation, reward) ~ N(mean_k, std_k²)`` from it, and writes:
+    collectors send) draw new start states for the masked rows only. ``step`` clips the action to
+    ``[action_low, action_high]`` (as MuJoCo clamps controls to their ``ctrlrange``; the ``"action"`` entry itself is
+    left as given), samples one elite member per row (uniformly), draws ``(next_observation, reward) ~
+    N(mean_k, std_k²)`` from it, and writes:
 
-    - ``("next", "observation") (B, O)``: clipped to ``[observation_low, observation_high]``, by default the range
-      of the observations in ``start_states`` (and of their next observations when a transition TensorDict is
-      given): a model must not send the agent outside the data's box.
+    - ``("next", "observation") (B, O)``: the model's sample, as MOPO's and OfflineRL-Kit's model envs do. With
+      ``clip_observations=True`` it is clipped to ``[observation_low, observation_high]`` (default: the range of
+      ``start_states`` and their next observations) *after* the termination function has judged the unclipped
+      prediction, so a predicted fall is never hidden by the clip.
     - ``("next", "reward") (B, 1)`` and ``("next", "model_reward") (B, 1)``: the sampled (unpenalised) reward.
       :class:`UncertaintyPenalty` later lowers ``"reward"`` and leaves ``"model_reward"`` for logging.
-    - ``("next", "uncertainty") (B, 1)``: ``u(s, a)`` of the chosen ``penalty`` (reward units).
-    - ``("next", "terminated")``: from ``termination_fn``, from halting (``halt_threshold``), or because the
-      prediction was not finite. ``("next", "truncated")`` is always False here (the horizon lives in
-      :class:`ConservativeModelEnv`); ``"done" = terminated | truncated``.
+    - ``("next", "uncertainty") (B, 1)``: ``u(s, a)`` of the chosen ``penalty`` (reward units), computed over the
+      members named by ``penalty_members``.
+    - ``("next", "terminated")``: from ``termination_fn`` (on the model's own, unclipped prediction), from halting
+      (``halt_threshold``), or because the prediction was not finite. ``("next", "truncated")`` is always False here
+      (the horizon lives in :class:`ConservativeModelEnv`); ``"done" = terminated | truncated``.
 
     A NaN or infinite prediction never reaches the user: that row keeps its observation, gets reward 0 and
     ``u = 0``, and terminates; :attr:`num_nonfinite` counts such rows since construction.
@@ -43,11 +47,18 @@ class ModelEnv(EnvBase):
             (and optionally ``("next", "observation")``) such as :func:`cmbrl.components.load_dataset` returns.
         penalty: a name in :data:`cmbrl.components.PENALTIES` or a callable ``(mean, std, member) -> (B,)``.
             Default ``"max_aleatoric"`` (MOPO).
+        penalty_members: ``"all"`` (default: the penalty reads all ``E`` members, non-elites included, as MOPO's
+            code (``FakeEnv.step``) and OfflineRL-Kit (``EnsembleDynamics.step``) do) or ``"elites"``. Next states
+            are always sampled from an elite.
         batch_size: ``B``, number of parallel model rollouts. Default 50,000 (MOPO's rollout batch).
         termination_fn: ``"hopper"``, ``"walker2d"``, ``"halfcheetah"``, a callable
             ``(observation, action, next_observation) -> terminated (B,)``, or None (never terminates).
-        action_low, action_high: action bounds (scalar or ``(A,)``). Default ``[-1, 1]``.
-        observation_low, observation_high: ``(O,)`` clip range; default from ``start_states``.
+        action_low, action_high: action bounds (scalar or ``(A,)``). Default ``[-1, 1]``. Actions outside them are
+            clipped before the model sees them (MuJoCo clamps controls the same way).
+        clip_observations: clip predicted observations to ``[observation_low, observation_high]`` (after
+            termination is judged). Default False (MOPO, OfflineRL-Kit: no clipping).
+        observation_low, observation_high: ``(O,)`` clip range; default from ``start_states``. Giving either
+            turns clipping on.
         halt_threshold: MOReL-style halting: a row whose elites' maximum pairwise disagreement
             ``max_{i,j} ||mean_i − mean_j||_2`` exceeds it terminates. None (default) disables halting.
         halt_penalty: the model reward written on the step where a row halts (MOReL's ``−κ``). Default 0.
@@ -66,10 +77,12 @@ class ModelEnv(EnvBase):
         start_states: torch.Tensor | TensorDictBase,
         *,
         penalty: str | PenaltyFn = "max_aleatoric",
+        penalty_members: str = "all",
         batch_size: int = 50_000,
         termination_fn: str | TerminationFn | None = None,
         action_low: float | torch.Tensor = -1.0,
         action_high: float | torch.Tensor = 1.0,
+        clip_observations: bool = False,
         observation_low: torch.Tensor | None = None,
         observation_high: torch.Tensor | None = None,
         halt_threshold: float | None = None,
@@ -87,7 +100,11 @@ class ModelEnv(EnvBase):
         self.halt_threshold, self.halt_penalty = halt_threshold, float(halt_penalty)
         self.chunk_size = chunk_size
         self.num_nonfinite = 0
+        if penalty_members not in ("all", "elites"):
+            raise ValueError(f"penalty_members must be 'all' or 'elites', got {penalty_members!r}")
+        self.penalty_members = penalty_members
         self._needs_all_members = requires_all_members(self.penalty) or halt_threshold is not None
+        self.clip_observations = bool(clip_observations or observation_low is not None or observation_high is not None)
         obs_dim, act_dim = ensemble.observation_dim, ensemble.action_dim
 
         if isinstance(start_states, TensorDictBase):
@@ -122,6 +139,10 @@ class ModelEnv(EnvBase):
         )
         low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
         high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
+        if not bool((low < high).all()):
+            raise ValueError(f"action_low must be below action_high in every dimension, got {low.tolist()} and "
+                             f"{high.tolist()}")
+        self.action_low, self.action_high = low.to(self.device), high.to(self.device)
         self.action_spec = Bounded(low=low.expand(*shape, act_dim).clone(), high=high.expand(*shape, act_dim).clone(),
                                    shape=(*shape, act_dim))
         self.reward_spec = Unbounded((*shape, 1))
@@ -158,7 +179,8 @@ class ModelEnv(EnvBase):
 
     @torch.no_grad()
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        observation, action = tensordict["observation"], tensordict["action"]
+        observation = tensordict["observation"]
+        action = torch.minimum(torch.maximum(tensordict["action"], self.action_low), self.action_high)
         batch, dim = observation.shape[0], self.ensemble.observation_dim + 1
         member = torch.randint(self.ensemble.num_elites, (batch,), generator=self.rng, device=self.device)
         noise = torch.randn(batch, dim, generator=self.rng, device=self.device)
@@ -174,7 +196,7 @@ class ModelEnv(EnvBase):
             rows = slice(start, start + chunk)
             self._predict(observation[rows], action[rows], member[rows], noise[rows], sample[rows],
                           uncertainty[rows], halted[rows])
-        next_observation = torch.minimum(torch.maximum(sample[:, :-1], self.observation_low), self.observation_high)
+        next_observation = sample[:, :-1]
         reward = sample[:, -1]
 
         finite = torch.isfinite(sample).all(-1) & torch.isfinite(uncertainty)
@@ -186,8 +208,11 @@ class ModelEnv(EnvBase):
             next_observation = torch.where(finite.unsqueeze(-1), next_observation, observation)
             reward = torch.where(finite, reward, torch.zeros_like(reward))
             uncertainty = torch.where(finite, uncertainty, torch.zeros_like(uncertainty))
-        if self.termination_fn is not None:
+        if self.termination_fn is not None:  # judged on the model's own prediction, before any clipping
             terminated = terminated | self.termination_fn(observation, action, next_observation).reshape(batch)
+        if self.clip_observations:
+            next_observation = torch.minimum(torch.maximum(next_observation, self.observation_low),
+                                             self.observation_high)
         reward = reward.unsqueeze(-1)
         terminated = terminated.unsqueeze(-1)
         return TensorDict(
@@ -201,7 +226,11 @@ class ModelEnv(EnvBase):
         """One chunk: writes the Gaussian sample ``(b, O + 1)``, ``u`` ``(b,)`` and the halting mask ``(b,)``."""
         ensemble = self.ensemble
         if self._needs_all_members:
-            mean, std = ensemble(observation, action, members="elites")
+            if self.penalty_members == "all":  # member: position among the elites -> index among all members
+                mean, std = ensemble(observation, action, members="all")
+                member = ensemble.elite_indices[member]
+            else:
+                mean, std = ensemble(observation, action, members="elites")
             rows = torch.arange(observation.shape[0], device=self.device)
             mean_k, std_k = mean[member, rows], std[member, rows]
             uncertainty_out.copy_(self.penalty(mean, std, member))

@@ -1,83 +1,174 @@
 """MOPO (Yu et al., arXiv:2005.13239, Algorithm 2): SAC in the uncertainty-penalised model MDP.
 
-    python examples/mopo.py                      # cmbrl/hopper/medium-v0, generated locally on first use
+    python examples/mopo.py                                     # the README's main job (see Args for the default)
+    python examples/mopo.py --dataset cmbrl/hopper/medium-v0    # λ and h from OfflineRL-Kit's table for that dataset
     python examples/mopo.py --penalty combined --penalty-coef 2.5 --num-steps 200000 --seed 1
 
 Fits (or loads the cached) dynamics ensemble, wraps it as ``ConservativeModelEnv``, and loops: every
 ``rollout_every`` gradient steps, ``rollout_batch_size`` model rollouts of ``horizon`` steps from dataset states go
 into a model buffer that keeps the last ``retain_rollouts`` rollouts; SAC trains on batches with ``real_ratio``
-dataset transitions and the rest model transitions; the policy is evaluated in the real environment. Writes CSV logs,
-``learning_curve.png`` and ``checkpoint.pt`` (re-running the same command resumes from it) under ``--out``.
+dataset transitions and the rest model transitions; the policy is evaluated in the real environment.
+
+Diagnostics (CSV logs under ``<out>/logs``, and in ``result.json``'s history at every evaluation): the critic's Q on
+a fixed probe of dataset (s, a) pairs against the data's discounted Monte Carlo returns (over-estimation shows as
+``q_data - mc_return`` growing), the model MDP's termination rate, mean model reward, uncertainty and penalty
+``λ·u``, the share of saturated actions in the rollouts, α and the policy entropy.
+
+Writes ``learning_curve_seed<S>.png``, ``checkpoint_seed<S>.pt`` (re-running the same command resumes from it) and,
+when finished, ``result.json`` (``normalized_score``, ``history``, ``args``, ``wall_time_s``: the learning
+benchmark's cell contract, see ``benchmarks/learning.py``) under ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
+import time
 from pathlib import Path
 
 import matplotlib
 import minari
+import numpy as np
 import torch
 import tqdm
+from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.record.loggers import get_logger
 
 from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble, load_dataset
+from cmbrl.components.datasets import DATASET_RECIPES, resolve_dataset_id
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger"}  # may change when resuming
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
+
+MOPO_HYPERPARAMETERS: dict[str, tuple[int, float]] = {
+    # dataset -> (horizon h, penalty_coef λ). OfflineRL-Kit's suggested hypers (run_example/run_mopo.py, D4RL v2);
+    # the random datasets, which Kit does not list, from MOPO's configs (examples/config/d4rl/*_random.py).
+    "halfcheetah-random": (5, 0.5), "hopper-random": (5, 1.0), "walker2d-random": (1, 1.0),
+    "halfcheetah-medium": (5, 0.5), "hopper-medium": (5, 5.0), "walker2d-medium": (5, 0.5),
+    "halfcheetah-medium-replay": (5, 0.5), "hopper-medium-replay": (5, 2.5), "walker2d-medium-replay": (1, 2.5),
+    "halfcheetah-medium-expert": (5, 2.5), "hopper-medium-expert": (5, 5.0), "walker2d-medium-expert": (1, 2.5),
+}
+"""Per-dataset MOPO settings used when ``--horizon`` / ``--penalty-coef`` are not given (see HYPERPARAMETERS.md)."""
+DEFAULT_HYPERPARAMETERS = (5, 1.0)  # datasets outside the table (e.g. the expert sets): MOPO's common h and λ
 
 
 @dataclasses.dataclass
 class Args:
-    dataset: str = "cmbrl/hopper/medium-v0"
-    """Minari dataset id (cmbrl recipes are generated locally when absent)."""
-    max_transitions: int = 100_000
-    """Use the first N transitions of the dataset (0: all). The recipe datasets hold 1M (D4RL); 100k keeps the
-    default run to ~15 min on 2 CPU cores (ensemble fitting scales with the data). MOPO used the whole dataset."""
-    env_id: str = "Hopper-v5"
-    """Real environment for evaluation."""
-    termination_fn: str = "hopper"
-    """Termination function of the model MDP: hopper, walker2d or halfcheetah."""
+    dataset: str = "cmbrl/halfcheetah/medium-v0"
+    """Minari id or short name (hopper-medium-replay); cmbrl recipes are generated locally when absent."""
+    max_transitions: int = 200_000
+    """Use the first N transitions of the dataset (0: all). MOPO fits its model on the whole dataset (1M for the
+    medium sets); fitting on 1M transitions takes about an hour on 2 CPU cores, so the default keeps 200k."""
+    env_id: str = ""
+    """Real environment for evaluation ("" = the dataset's environment, e.g. HalfCheetah-v5)."""
+    termination_fn: str = ""
+    """Termination function of the model MDP: hopper, walker2d or halfcheetah ("" = from the environment)."""
     penalty: str = "max_aleatoric"
-    """Uncertainty estimator (see cmbrl.PENALTIES)."""
-    penalty_coef: float = 5.0
-    """λ: MOPO's value for hopper-medium (examples/config/d4rl/hopper_medium.py)."""
-    horizon: int = 5
-    """Model rollout length h (MOPO hopper-medium)."""
+    """Uncertainty estimator (see cmbrl.PENALTIES). MOPO: max_aleatoric."""
+    penalty_members: str = "all"
+    """Members the penalty reads: all (MOPO's and OfflineRL-Kit's code, non-elites included) or elites."""
+    penalty_coef: float = -1.0
+    """λ; negative: OfflineRL-Kit's value for this dataset (MOPO_HYPERPARAMETERS)."""
+    horizon: int = 0
+    """Model rollout length h; 0: OfflineRL-Kit's value for this dataset (MOPO_HYPERPARAMETERS)."""
     real_ratio: float = 0.05
     """Share of each SAC batch drawn from the dataset (MOPO/MBPO 0.05); the rest is model data."""
-    num_steps: int = 30_000
-    """SAC gradient steps (MOPO: 1M; this default fits ~15 min on 2 CPU cores)."""
+    num_steps: int = 50_000
+    """SAC gradient steps (MOPO: 1M; OfflineRL-Kit: 3M). The default fits the README's ~20 min on 2 CPU cores."""
     rollout_every: int = 1_000
     """Gradient steps between model rollouts (MOPO 1000)."""
     rollout_batch_size: int = 10_000
-    """Start states per rollout (MOPO 50,000; smaller here to fit the default budget)."""
+    """Start states per rollout (MOPO 50,000; smaller here to fit CPU budgets)."""
     retain_rollouts: int = 5
     """The model buffer keeps this many rollouts (MOPO 5)."""
     batch_size: int = 256
-    """SAC minibatch."""
+    """SAC minibatch (MOPO 256)."""
+    actor_lr: float = 1e-4
+    """Actor learning rate (OfflineRL-Kit MOPO 1e-4, cosine-annealed over training; MOPO's code 3e-4)."""
+    critic_lr: float = 3e-4
+    """Critic learning rate (MOPO, OfflineRL-Kit)."""
+    alpha_lr: float = 1e-4
+    """Entropy-temperature learning rate (OfflineRL-Kit 1e-4; MOPO's code 3e-4)."""
+    actor_lr_schedule: str = "cosine"
+    """cosine (OfflineRL-Kit: CosineAnnealingLR over the training epochs of 1000 steps) or constant (MOPO)."""
     ensemble_max_epochs: int = 50
-    """Cap on ensemble training epochs (early stopping usually ends sooner)."""
+    """Cap on ensemble training epochs (early stopping usually ends sooner; MOPO has no cap)."""
+    ensemble_seed: int = -1
+    """Seed of the dynamics ensemble (-1: --seed). Seeds sharing an ensemble seed and --ensemble-dir share one fit."""
+    ensemble_dir: str = ""
+    """Where fitted ensembles are cached ("" = --out); the file name holds dataset, size and ensemble seed."""
     eval_every: int = 5_000
     """Gradient steps between real-environment evaluations."""
     eval_episodes: int = 5
     """Deterministic evaluation episodes (MOPO 10)."""
     seed: int = 0
-    """Seed for the ensemble, the model env, SAC and evaluation."""
+    """Seed for the model env, SAC and evaluation (and the ensemble unless --ensemble-seed)."""
     threads: int = 0
     """torch threads (0: torch's default). Use 1 per process when running several seeds side by side."""
     out: str = "runs/mopo"
     """Output folder."""
     logger: str = "csv"
     """TorchRL logger: csv, tensorboard, wandb or mlflow (the last three need their package)."""
+    progress: int = 1
+    """Show progress bars (0: off)."""
+
+
+def resolve_settings(args: Args) -> Args:
+    """Fills the dataset-dependent defaults (environment, termination function, λ, h); returns a new Args."""
+    dataset = resolve_dataset_id(args.dataset)
+    env_id = args.env_id
+    if not env_id:
+        if dataset in DATASET_RECIPES:
+            env_id = DATASET_RECIPES[dataset].env_id
+        else:
+            env_id = minari.load_dataset(dataset).spec.env_spec.id
+    name = dataset.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
+    horizon, penalty_coef = MOPO_HYPERPARAMETERS.get(name, DEFAULT_HYPERPARAMETERS)
+    return dataclasses.replace(
+        args, dataset=dataset, env_id=env_id, termination_fn=args.termination_fn or env_id.split("-")[0].lower(),
+        horizon=args.horizon or horizon, penalty_coef=penalty_coef if args.penalty_coef < 0 else args.penalty_coef,
+        ensemble_seed=args.seed if args.ensemble_seed < 0 else args.ensemble_seed)
+
+
+def discounted_returns_to_go(data: TensorDict, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte Carlo return ``sum_k γ^k r_{t+k}`` to the end of each transition's episode, and whether it is exact.
+
+    Episodes end at ``("next", "done")``. The return is exact (``True``) where the episode ended by termination or
+    ends at least 300 steps later (γ^300 < 0.05); near a time-limit cut the MC return misses the bootstrap tail.
+    """
+    reward = data["next", "reward"].reshape(-1).double().numpy()
+    done = data["next", "done"].reshape(-1).numpy()
+    terminated = data["next", "terminated"].reshape(-1).numpy()
+    returns, exact = np.empty_like(reward), np.empty(reward.shape, dtype=bool)
+    running, steps_left, ends_terminated = 0.0, 0, True
+    for t in range(len(reward) - 1, -1, -1):
+        if done[t] or t == len(reward) - 1:
+            running, steps_left, ends_terminated = 0.0, 0, bool(terminated[t])
+        running = reward[t] + gamma * running
+        steps_left += 1
+        returns[t], exact[t] = running, ends_terminated or steps_left >= 300
+    return torch.as_tensor(returns, dtype=torch.float32), torch.as_tensor(exact)
+
+
+def critic_values(agent: SAC, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Q of each of the agent's critics, ``(num_qvalue_nets, B)``."""
+    loss = agent.loss_module
+    td = TensorDict({"observation": observation, "action": action}, batch_size=observation.shape[:1])
+    values = []
+    with torch.no_grad():
+        for i in range(loss.num_qvalue_nets):
+            with loss.qvalue_network_params[i].to_module(loss.qvalue_network):
+                values.append(loss.qvalue_network(td.clone())["state_action_value"].reshape(-1))
+    return torch.stack(values)
 
 
 def evaluate(env, policy, episodes: int) -> list[float]:
@@ -85,31 +176,69 @@ def evaluate(env, policy, episodes: int) -> list[float]:
         return [env.rollout(1_000, policy).get(("next", "reward")).sum().item() for _ in range(episodes)]
 
 
-def main(args: Args) -> None:
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Exclusive lock on ``path`` (cells of a benchmark that share an ensemble fit it once)."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fitted_ensemble(args: Args, data: TensorDict, out: Path) -> tuple[DynamicsEnsemble, dict]:
+    folder = Path(args.ensemble_dir) if args.ensemble_dir else out
+    folder.mkdir(parents=True, exist_ok=True)
+    size = data.shape[0]
+    path = folder / f"ensemble_{args.dataset.replace('/', '_')}_n{size}_seed{args.ensemble_seed}.pt"
+    with file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            ensemble = DynamicsEnsemble(data["observation"].shape[-1], data["action"].shape[-1],
+                                        seed=args.ensemble_seed)
+            fit = ensemble.fit(data, max_epochs=args.ensemble_max_epochs, seed=args.ensemble_seed,
+                               progress=bool(args.progress))
+            ensemble.save(path)
+            path.with_suffix(".json").write_text(json.dumps(fit, indent=1))
+    fit = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+    return DynamicsEnsemble.load(path), fit
+
+
+def main(args: Args) -> dict:
+    args = resolve_settings(args)
+    if args.actor_lr_schedule not in ("cosine", "constant"):
+        raise SystemExit(f"--actor-lr-schedule must be cosine or constant, got {args.actor_lr_schedule!r}")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(args.dataset, progress=True)  # generated locally on first use
+    data = load_dataset(args.dataset, progress=bool(args.progress))  # generated locally on first use
     if args.max_transitions:
         data = data[:args.max_transitions]
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
+    print(f"MOPO on {args.dataset} ({data.shape[0]:,} transitions), eval on {args.env_id}, termination "
+          f"{args.termination_fn}, penalty {args.penalty} over {args.penalty_members} members, λ={args.penalty_coef}, "
+          f"h={args.horizon}, {args.num_steps:,} steps, seed {args.seed}", flush=True)
 
-    ensemble_path = out / f"ensemble_{args.dataset.replace('/', '_')}_seed{args.seed}.pt"
-    if ensemble_path.exists():
-        ensemble = DynamicsEnsemble.load(ensemble_path)
-    else:
-        ensemble = DynamicsEnsemble(obs_dim, act_dim, seed=args.seed)
-        fit = ensemble.fit(data, max_epochs=args.ensemble_max_epochs, seed=args.seed, progress=True)
-        ensemble.save(ensemble_path)
-        ensemble_path.with_suffix(".json").write_text(json.dumps(fit, indent=1))
+    ensemble, fit = fitted_ensemble(args, data, out)
     env = ConservativeModelEnv(ensemble, penalty=args.penalty, penalty_coef=args.penalty_coef, horizon=args.horizon,
                                start_states=data, batch_size=args.rollout_batch_size,
-                               termination_fn=args.termination_fn, seed=args.seed)
+                               termination_fn=args.termination_fn, penalty_members=args.penalty_members,
+                               seed=args.seed)
     eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
     eval_env.set_seed(args.seed)
-    agent = SAC(obs_dim, act_dim, seed=args.seed)
+    agent = SAC(obs_dim, act_dim, actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr,
+                seed=args.seed)
+    epochs = max(1, args.num_steps // args.rollout_every)
+    actor_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(agent.actor_optim, T_max=epochs)
+                      if args.actor_lr_schedule == "cosine" else None)
+
+    # Q-value probe: fixed dataset (s, a) pairs with an exact Monte Carlo return
+    mc_return, exact = discounted_returns_to_go(data, gamma=0.99)
+    candidates = torch.nonzero(exact).reshape(-1)
+    probe = candidates[torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(0))[:2000]]
+    probe_obs, probe_act, probe_mc = data["observation"][probe], data["action"][probe], mc_return[probe]
 
     real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]))
     real.extend(data.select(*KEYS))
@@ -117,53 +246,92 @@ def main(args: Args) -> None:
         real, online_capacity=args.rollout_batch_size * args.horizon * args.retain_rollouts,
         offline_fraction=args.real_ratio, batch_size=args.batch_size)
 
-    step, history = 0, []
+    step, history, wall = 0, [], 0.0
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():  # resume; the model buffer is refilled by a fresh rollout
         ckpt = torch.load(ckpt_path, weights_only=False)
         saved = ckpt["args"]
-        changed = {k: (saved[k], v) for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE and saved[k] != v}
+        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(args).items()
+                   if k not in RESUMABLE and saved.get(k) != v}
         if changed:
             raise SystemExit(f"{ckpt_path} was made with other settings {changed} (saved, now); use another --out")
         agent.load_state_dict(ckpt["agent"])
-        step, history = ckpt["step"], ckpt["history"]
+        if actor_schedule is not None and "actor_schedule" in ckpt:
+            actor_schedule.load_state_dict(ckpt["actor_schedule"])
+        step, history, wall = ckpt["step"], ckpt["history"], ckpt.get("wall_time_s", 0.0)
         torch.set_rng_state(ckpt["rng"])
+        env.set_seed(args.seed + step)
     logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"mopo_seed{args.seed}")
     dataset_meta = minari.load_dataset(args.dataset)
-    bar = tqdm.tqdm(total=args.num_steps, initial=step, desc="MOPO")
-    first_step = step
+    bar = tqdm.tqdm(total=args.num_steps, initial=step, desc="MOPO", disable=not args.progress, mininterval=5)
+    first_step, started, model_stats = step, time.time() - wall, {}
     while step < args.num_steps:
         if step % args.rollout_every == 0 or step == first_step:  # (re)fill the model buffer
             with torch.no_grad():  # rollouts carry no graph into the buffer
                 rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
             buffer.extend(rollout.reshape(-1).select(*KEYS))
-            logger.log_scalar("model_reward", rollout["next", "model_reward"].mean().item(), step=step)
-            logger.log_scalar("uncertainty", rollout["next", "uncertainty"].mean().item(), step=step)
-            logger.log_scalar("model_terminated", rollout["next", "terminated"].float().mean().item(), step=step)
+            uncertainty = rollout["next", "uncertainty"]
+            model_stats = {
+                "model_reward": rollout["next", "model_reward"].mean().item(),
+                "model_uncertainty": uncertainty.mean().item(),
+                "model_penalty": args.penalty_coef * uncertainty.mean().item(),
+                "model_penalised_reward": rollout["next", "reward"].mean().item(),
+                "model_terminated": rollout["next", "terminated"].float().mean().item(),
+                "model_saturated_actions": (rollout["action"].abs() > 0.99).float().mean().item(),
+            }
+            for key, value in model_stats.items():
+                logger.log_scalar(key, value, step=step)
         metrics = agent.update(buffer.sample())
         step += 1
         bar.update()
+        if actor_schedule is not None and step % args.rollout_every == 0:
+            actor_schedule.step()
         if step % args.eval_every == 0 or step == args.num_steps:
             returns = evaluate(eval_env, agent.policy, args.eval_episodes)
-            score = 100 * float(minari.get_normalized_score(dataset_meta, torch.tensor(returns).numpy()).mean())
-            history.append({"step": step, "return": sum(returns) / len(returns), "normalized_score": score})
-            for key, value in {**metrics, **history[-1], "num_nonfinite": env.num_nonfinite}.items():
+            score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
+            q = critic_values(agent, probe_obs, probe_act).min(0).values
+            point = {"step": step, "return": float(np.mean(returns)), "normalized_score": score,
+                     "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
+                     "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
+                     "alpha": metrics["alpha"], "entropy": metrics["entropy"], "loss_qvalue": metrics["loss_qvalue"],
+                     "loss_actor": metrics["loss_actor"], "num_nonfinite": env.num_nonfinite}
+            history.append(point)
+            for key, value in point.items():
                 logger.log_scalar(key, value, step=step)
-            bar.set_postfix(score=f"{score:.1f}")
+            bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
+            if not args.progress:
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
             torch.save({"agent": agent.state_dict(), "step": step, "history": history,
-                        "rng": torch.get_rng_state(), "args": dataclasses.asdict(args)}, ckpt_path)
+                        "actor_schedule": None if actor_schedule is None else actor_schedule.state_dict(),
+                        "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                        "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
+    result = {"normalized_score": history[-1]["normalized_score"], "history": history,
+              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit}
     (out / f"history_seed{args.seed}.json").write_text(json.dumps(history, indent=1))
-    plt.plot([h["step"] for h in history], [h["normalized_score"] for h in history], marker="o")
-    plt.xlabel("gradient steps")
-    plt.ylabel("normalised score (D4RL reference returns)")
-    plt.title(f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, seed {args.seed})")
-    plt.savefig(out / f"learning_curve_seed{args.seed}.png", dpi=100)
-    print(json.dumps(history[-1]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [h["step"] for h in history]
+    axes[0].plot(steps, [h["normalized_score"] for h in history], marker="o")
+    axes[0].set(xlabel="gradient steps", ylabel="normalised score (D4RL reference returns)")
+    axes[1].plot(steps, [h["q_data"] for h in history], marker="o", label="Q on data (min of critics)")
+    axes[1].plot(steps, [h["mc_return"] for h in history], linestyle="--", label="data's MC return")
+    axes[1].set(xlabel="gradient steps", ylabel="discounted return")
+    axes[1].legend()
+    fig.suptitle(f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, h={args.horizon}, seed {args.seed})")
+    fig.tight_layout()
+    fig.savefig(out / f"learning_curve_seed{args.seed}.png", dpi=100)
+    plt.close(fig)
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
+    return result
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(Args):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    main(Args(**vars(parser.parse_args())))
+    return Args(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())

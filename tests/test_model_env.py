@@ -51,9 +51,17 @@ def test_reward_is_penalised_and_logged(ensemble):
     td = make_env(ensemble, penalty="max_aleatoric", penalty_coef=2.0).rollout(4, break_when_any_done=False)
     torch.testing.assert_close(td["next", "reward"], td["next", "model_reward"] - 2.0 * td["next", "uncertainty"])
     assert (td["next", "uncertainty"] > 0).all()
-    with torch.no_grad():  # the uncertainty is MOPO's estimator over the elites, including the reward column
-        mean, std = ensemble(td["observation"][:, 0], td["action"][:, 0], members="elites")
+    with torch.no_grad():  # MOPO's estimator over all members (non-elites too, as MOPO/Kit), reward column included
+        mean, std = ensemble(td["observation"][:, 0], td["action"][:, 0], members="all")
+        elite_mean, elite_std = ensemble(td["observation"][:, 0], td["action"][:, 0], members="elites")
     torch.testing.assert_close(td["next", "uncertainty"][:, 0, 0], max_aleatoric(mean, std, None))
+    elites_only = make_env(ensemble, penalty="max_aleatoric", penalty_members="elites").rollout(1)
+    torch.testing.assert_close(elites_only["next", "uncertainty"][:, 0, 0],
+                               max_aleatoric(*ensemble(elites_only["observation"][:, 0],
+                                                       elites_only["action"][:, 0], members="elites"), None))
+    assert not torch.allclose(max_aleatoric(mean, std, None), max_aleatoric(elite_mean, elite_std, None))
+    with pytest.raises(ValueError, match="penalty_members"):
+        make_env(ensemble, penalty_members="some")
 
 
 def policy(td):  # deterministic, so that only the env's own randomness is in play
@@ -79,15 +87,61 @@ def test_individual_fast_path_matches_full_forward(ensemble):
     torch.testing.assert_close(fast["next", "uncertainty"], full["next", "uncertainty"])
 
 
-def test_observations_are_clipped_to_data_range(ensemble):
+def test_observations_are_not_clipped_by_default_and_clipped_on_request(ensemble):
     starts = healthy_starts()
     low, high = starts.amin(0), starts.amax(0)
-    td = make_env(ensemble).rollout(5, break_when_any_done=False)
+    nxt = make_env(ensemble).rollout(5, break_when_any_done=False)["next", "observation"]
+    assert ((nxt < low) | (nxt > high)).any()  # MOPO / OfflineRL-Kit: the model's own prediction
+    td = make_env(ensemble, clip_observations=True).rollout(5, break_when_any_done=False)
     assert (td["next", "observation"] >= low).all() and (td["next", "observation"] <= high).all()
-    # without clipping the model leaves that box: the clip is doing work
-    wide = make_env(ensemble, observation_low=torch.full((OBS,), -1e6), observation_high=torch.full((OBS,), 1e6))
-    nxt = wide.rollout(5, break_when_any_done=False)["next", "observation"]
-    assert ((nxt < low) | (nxt > high)).any()
+
+
+class _TiltEnsemble(DynamicsEnsemble):
+    """Predicts the torso angle ``tilt`` for every row (std ~0), everything else unchanged: a predicted fall."""
+
+    def __init__(self, tilt):
+        super().__init__(OBS, ACT, num_members=2, num_elites=2, hidden_sizes=(4,), weight_decay=(0, 0), seed=0)
+        self.tilt = tilt
+
+    def forward(self, observation, action, members="all", chunk_size=None):
+        mean = torch.cat([observation, torch.ones_like(observation[:, :1])], -1)
+        mean[:, 1] = self.tilt
+        num = 2
+        return mean.expand(num, -1, -1).clone(), torch.full((num, *mean.shape), 1e-6)
+
+    def forward_member(self, observation, action, member):
+        mean, std = self.forward(observation, action)
+        return mean[0], std[0]
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_termination_fires_on_predicted_fall_that_clipping_would_hide(clip):
+    """Hopper falls when |angle| >= 0.2. The start states' angles stay within ±0.1, so a clip to the data's box
+    turns a predicted 0.3 tilt into a healthy 0.1: the old env (clip, then termination) never terminated here."""
+    starts = healthy_starts()
+    starts[:, 1] = torch.linspace(-0.1, 0.1, starts.shape[0])
+    env = make_env(_TiltEnsemble(0.3), start_states=starts, termination_fn="hopper", clip_observations=clip)
+    td = env.rollout(1)
+    assert td["next", "terminated"].all()
+    assert (td["next", "observation"][..., 1] <= 0.1 + 1e-6).all() if clip else \
+        torch.allclose(td["next", "observation"][..., 1], torch.tensor(0.3))
+    healthy = make_env(_TiltEnsemble(0.05), start_states=starts, termination_fn="hopper").rollout(3)
+    assert not healthy["next", "terminated"].any()
+
+
+def test_out_of_bound_actions_are_clipped_to_the_action_spec(ensemble):
+    env = ModelEnv(ensemble, healthy_starts(), batch_size=4, seed=0)
+    td = env.reset()
+    big = td.clone().set("action", torch.full((4, ACT), 7.0))
+    edge = td.clone().set("action", torch.ones(4, ACT))
+    env.set_seed(1)
+    out_big = env.step(big)
+    env.set_seed(1)
+    out_edge = env.step(edge)
+    torch.testing.assert_close(out_big["next", "observation"], out_edge["next", "observation"])
+    assert (out_big["action"] == 7.0).all()  # the recorded action is the one given
+    with pytest.raises(ValueError, match="action_low"):
+        ModelEnv(ensemble, healthy_starts(), batch_size=4, action_low=1.0, action_high=-1.0)
 
 
 def test_nonfinite_prediction_terminates_row_and_is_counted():
@@ -155,5 +209,5 @@ def test_bad_arguments(ensemble):
     with pytest.raises(ValueError, match="NaN"):
         make_env(ensemble, start_states=bad)
     data = TensorDict({"observation": healthy_starts(), "next": {"observation": healthy_starts() + 1}}, [64])
-    env = make_env(ensemble, start_states=data)  # a transition TensorDict works and widens the clip range
+    env = make_env(ensemble, start_states=data, clip_observations=True)  # transitions widen the clip range
     assert torch.allclose(env.base_env.observation_high, healthy_starts().amax(0) + 1)
