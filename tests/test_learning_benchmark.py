@@ -181,13 +181,18 @@ def test_jobs_run_cells_side_by_side(learning, examples, tmp_path, monkeypatch):
     assert [(result_path(out, "fake", s).parent / "saw_all.txt").read_text() for s in (0, 1)] == ["True", "True"]
 
 
-def test_cell_arguments_budget_settings_and_overrides(learning, examples, tmp_path):
+def test_cell_arguments_budget_settings_and_overrides(learning, examples, tmp_path, monkeypatch):
     mopo = learning.cell_args("mopo", "cmbrl/hopper/medium-v0", "short")
-    assert mopo == {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5, "env_id": "Hopper-v5",
-                    "termination_fn": "hopper", "horizon": 5, "penalty_coef": 5.0}
+    assert mopo == {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5}  # mopo.py's own per-dataset λ, h
+    monkeypatch.setitem(learning.SETTINGS, "mopo", {"*/walker2d/*": {"env_id": "Walker2d-v5", "horizon": 5},
+                                                    "*/walker2d/medium-replay-v*": {"horizon": 1,
+                                                                                    "penalty_coef": 1.0}})
     walker = learning.cell_args("mopo", "cmbrl/walker2d/medium-replay-v0", "full", num_steps=7)
     assert (walker["num_steps"], walker["horizon"], walker["penalty_coef"], walker["env_id"]) == (7, 1, 1.0,
                                                                                                    "Walker2d-v5")
+    assert learning.cell_args("mopo", "cmbrl/walker2d/medium-v0", "short")["horizon"] == 5
+    assert "horizon" not in learning.cell_args("mopo", "cmbrl/walker2d/medium-replay-v0", "short",
+                                               sets=[learning.parse_set("mopo:*/walker2d/*:horizon=none")])
     assert learning.cell_args("awac", "cmbrl/hopper/medium-v0", "smoke") == BUDGET_SMOKE_DEFAULT
     assert "eval_every" not in learning.cell_args("bc", "cmbrl/hopper/medium-v0", "short", eval_every=3)
     sets = [learning.parse_set("mopo:cmbrl/hopper/medium-v0:penalty-coef=2.5"), learning.parse_set("*:normalize=false"),
