@@ -65,9 +65,9 @@ DEFAULT_HYPERPARAMETERS = (5, 1.0)  # datasets outside the table (e.g. the exper
 class Args:
     dataset: str = "cmbrl/halfcheetah/medium-v0"
     """Minari id or short name (hopper-medium-replay); cmbrl recipes are generated locally when absent."""
-    max_transitions: int = 200_000
+    max_transitions: int = 100_000
     """Use the first N transitions of the dataset (0: all). MOPO fits its model on the whole dataset (1M for the
-    medium sets); fitting on 1M transitions takes about an hour on 2 CPU cores, so the default keeps 200k."""
+    medium sets); fitting on 1M transitions takes over an hour on 2 CPU cores, so the default keeps 100k."""
     env_id: str = ""
     """Real environment for evaluation ("" = the dataset's environment, e.g. HalfCheetah-v5)."""
     termination_fn: str = ""
@@ -82,7 +82,7 @@ class Args:
     """Model rollout length h; 0: OfflineRL-Kit's value for this dataset (MOPO_HYPERPARAMETERS)."""
     real_ratio: float = 0.05
     """Share of each SAC batch drawn from the dataset (MOPO/MBPO 0.05); the rest is model data."""
-    num_steps: int = 50_000
+    num_steps: int = 30_000
     """SAC gradient steps (MOPO: 1M; OfflineRL-Kit: 3M). The default fits the README's ~20 min on 2 CPU cores."""
     rollout_every: int = 1_000
     """Gradient steps between model rollouts (MOPO 1000)."""

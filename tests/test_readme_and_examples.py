@@ -46,14 +46,21 @@ def test_readme_quickstart_runs(small_hopper_dataset):
 
 def test_mopo_example_smoke(small_hopper_dataset, tmp_path):
     out = tmp_path / "mopo"
-    cmd = [sys.executable, str(ROOT / "examples" / "mopo.py"), "--num-steps", "40", "--rollout-every", "20",
+    cmd = [sys.executable, str(ROOT / "examples" / "mopo.py"), "--dataset", small_hopper_dataset,
+           "--num-steps", "40", "--rollout-every", "20",
            "--rollout-batch-size", "100", "--eval-every", "40", "--eval-episodes", "1", "--ensemble-max-epochs", "1",
            "--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "learning_curve_seed0.png").stat().st_size > 0
-    assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_cmbrl_hopper_medium-v0_seed0.pt").exists()
+    assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_cmbrl_hopper_medium-v0_n2000_seed0.pt").exists()
     assert '"normalized_score"' in result.stdout
+    assert "hopper, penalty max_aleatoric over all members, λ=5.0, h=5" in result.stdout  # Kit's hopper-medium row
+    import json
+    record = json.loads((out / "result.json").read_text())  # the learning benchmark's cell contract
+    assert record["history"][-1]["step"] == 40 and record["normalized_score"] == record["history"][-1]["normalized_score"]
+    for key in ("q_data", "mc_return", "model_terminated", "model_reward", "model_penalty", "alpha", "entropy"):
+        assert key in record["history"][-1], key
     scores = (out / "logs" / "mopo_seed0" / "scalars" / "normalized_score.csv").read_text().splitlines()
     assert scores[-1].startswith("40,")  # the TorchRL CSV logger wrote the evaluation at step 40
     # re-running resumes: nothing left to do, the cached ensemble is loaded and the checkpoint's step is kept
