@@ -34,7 +34,7 @@ def bare_actor(x, weights, generator):
         x = torch.relu(torch.addmm(b, x, w))
     w, b = weights[-1]
     loc, scale = torch.addmm(b, x, w).chunk(2, -1)
-    scale = F.softplus(scale + 0.5413) + 1e-4  # biased_softplus_1.0
+    scale = scale.clamp(-5.0, 2.0).exp()  # cmbrl.SAC's default head: exp(clamp(log σ, -5, 2))
     return torch.tanh(loc + scale * torch.randn(loc.shape, generator=generator))
 
 

@@ -78,8 +78,10 @@ def main(args: Args) -> None:
     env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000)
     obs_dim = env.observation_spec["observation"].shape[-1]
     act_dim = env.action_spec.shape[-1]
+    # the shipped behaviour policies were trained with SAC's earlier head (biased softplus scale, α unbounded), which
+    # cmbrl.components.datasets.load_policy rebuilds: keep it so new runs export policies the loader reads right
     agent = SAC(obs_dim, act_dim, action_low=env.action_spec.space.low, action_high=env.action_spec.space.high,
-                seed=args.seed)
+                log_std_min=None, log_std_max=None, max_alpha=None, seed=args.seed)
     buffer = ReplayBuffer(storage=LazyTensorStorage(args.buffer_size), batch_size=args.batch_size)
     frames, elapsed, history = 0, 0.0, []
     ckpt_path = out / "checkpoint.pt"
