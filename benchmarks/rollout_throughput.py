@@ -52,7 +52,9 @@ def bare_members(x, layers, max_lv, min_lv):
 def floor_rollout(ens: DynamicsEnsemble, agent: SAC, starts, low, high, individual: bool, chunk: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     elites = ens.elite_indices
-    layers = [(l.weight[elites].contiguous(), l.bias[elites].contiguous()) for l in [*ens.layers, ens.output]]
+    # individual_std: only the sampled elite's pass; max_aleatoric: all members (non-elites too, as MOPO and the env)
+    members = elites if individual else torch.arange(ens.num_members)
+    layers = [(l.weight[members].contiguous(), l.bias[members].contiguous()) for l in [*ens.layers, ens.output]]
     aw = actor_weights(agent)
     mu, sd, max_lv, min_lv = ens.input_mean, ens.input_std, ens.max_logvar, ens.min_logvar
     E = len(elites)
@@ -63,7 +65,7 @@ def floor_rollout(ens: DynamicsEnsemble, agent: SAC, starts, low, high, individu
         for o in obs.split(chunk):
             a = bare_actor(o, aw, g)
             x = (torch.cat([o, a], -1) - mu) / sd
-            k = torch.randint(E, (len(o),), generator=g)
+            k = torch.randint(E, (len(o),), generator=g)  # position among the elites
             if individual:  # one member per row: group the rows by member
                 mean_k = x.new_empty(len(o), OBS + 1)
                 std_k = torch.empty_like(mean_k)
@@ -74,12 +76,12 @@ def floor_rollout(ens: DynamicsEnsemble, agent: SAC, starts, low, high, individu
                     mean_k[rows], std_k[rows] = mm[0], ss[0]
                 u = std_k.norm(dim=-1)
             else:
-                mean, std = bare_members(x.unsqueeze(0).expand(E, -1, -1), layers, max_lv, min_lv)
+                mean, std = bare_members(x.unsqueeze(0).expand(len(members), -1, -1), layers, max_lv, min_lv)
                 rows = torch.arange(len(o))
-                mean_k, std_k = mean[k, rows], std[k, rows]
+                mean_k, std_k = mean[elites[k], rows], std[elites[k], rows]
                 u = std.norm(dim=-1).amax(0)
             s = mean_k + std_k * torch.randn(mean_k.shape, generator=g)
-            nxt = torch.minimum(torch.maximum(s[:, :-1] + o, low), high)
+            nxt = s[:, :-1] + o  # no clip: the model env keeps the model's own prediction
             term = hopper_termination(o, a, nxt)
             rew_parts.append(s[:, -1] - u)
             nxt_parts.append(torch.where(term.unsqueeze(-1), o, nxt))  # stand-in for a reset of finished rows
