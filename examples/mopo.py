@@ -296,8 +296,9 @@ def main(args: Args) -> dict:
                      "alpha": metrics["alpha"], "entropy": metrics["entropy"], "loss_qvalue": metrics["loss_qvalue"],
                      "loss_actor": metrics["loss_actor"], "num_nonfinite": env.num_nonfinite}
             history.append(point)
-            for key, value in point.items():
-                logger.log_scalar(key, value, step=step)
+            for key, value in point.items():  # model_* were logged at their rollout's own step
+                if key not in model_stats:
+                    logger.log_scalar(key, value, step=step)
             bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
             if not args.progress:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
