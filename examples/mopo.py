@@ -63,11 +63,12 @@ DEFAULT_HYPERPARAMETERS = (5, 1.0)  # datasets outside the table (e.g. the exper
 
 @dataclasses.dataclass
 class Args:
-    dataset: str = "cmbrl/halfcheetah/medium-v0"
+    dataset: str = "cmbrl/hopper/medium-replay-v0"
     """Minari id or short name (hopper-medium-replay); cmbrl recipes are generated locally when absent."""
-    max_transitions: int = 100_000
-    """Use the first N transitions of the dataset (0: all). MOPO fits its model on the whole dataset (1M for the
-    medium sets); fitting on 1M transitions takes over an hour on 2 CPU cores, so the default keeps 100k."""
+    max_transitions: int = -1
+    """Use the first N transitions of the dataset (0: all; -1: all of a dataset of up to 200k transitions, else the
+    first 100k). MOPO fits its model on the whole dataset (1M for the medium sets); fitting on 1M transitions takes
+    over an hour on 2 CPU cores, hence the -1 rule."""
     env_id: str = ""
     """Real environment for evaluation ("" = the dataset's environment, e.g. HalfCheetah-v5)."""
     termination_fn: str = ""
@@ -214,6 +215,8 @@ def main(args: Args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, progress=bool(args.progress))  # generated locally on first use
+    if args.max_transitions < 0:
+        args = dataclasses.replace(args, max_transitions=0 if data.shape[0] <= 200_000 else 100_000)
     if args.max_transitions:
         data = data[:args.max_transitions]
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
