@@ -225,6 +225,9 @@ def run_cell(cell: Cell) -> dict:
     ``ok`` iff the script exited with 0 and left a valid ``result.json``. Never raises for a failing script.
     """
     cell.out.mkdir(parents=True, exist_ok=True)
+    finished = read_result(cell.result_path)
+    if finished is not None:  # finished meanwhile (e.g. by another benchmark process on the same --out)
+        return {"ok": True, "returncode": 0, "wall_time_s": 0.0, "result": finished, "error": ""}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
     with open(cell.log_path, "a") as log:
