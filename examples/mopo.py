@@ -77,6 +77,8 @@ class Args:
     """Uncertainty estimator (see cmbrl.PENALTIES). MOPO: max_aleatoric."""
     penalty_members: str = "all"
     """Members the penalty reads: all (MOPO's and OfflineRL-Kit's code, non-elites included) or elites."""
+    clip_observations: int = 0
+    """1: clip predicted observations to the data's range (after termination is judged); MOPO and Kit: 0."""
     penalty_coef: float = -1.0
     """λ; negative: OfflineRL-Kit's value for this dataset (MOPO_HYPERPARAMETERS)."""
     horizon: int = 0
@@ -228,7 +230,7 @@ def main(args: Args) -> dict:
     env = ConservativeModelEnv(ensemble, penalty=args.penalty, penalty_coef=args.penalty_coef, horizon=args.horizon,
                                start_states=data, batch_size=args.rollout_batch_size,
                                termination_fn=args.termination_fn, penalty_members=args.penalty_members,
-                               seed=args.seed)
+                               clip_observations=bool(args.clip_observations), seed=args.seed)
     eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
     eval_env.set_seed(args.seed)
     agent = SAC(obs_dim, act_dim, actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr,
@@ -254,8 +256,9 @@ def main(args: Args) -> dict:
     if ckpt_path.exists():  # resume; the model buffer is refilled by a fresh rollout
         ckpt = torch.load(ckpt_path, weights_only=False)
         saved = ckpt["args"]
-        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(args).items()
-                   if k not in RESUMABLE and saved.get(k) != v}
+        defaults = dataclasses.asdict(Args())  # a setting added since the checkpoint was made had its default
+        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(args).items()
+                   if k not in RESUMABLE and saved.get(k, defaults[k]) != v}
         if changed:
             raise SystemExit(f"{ckpt_path} was made with other settings {changed} (saved, now); use another --out")
         agent.load_state_dict(ckpt["agent"])
