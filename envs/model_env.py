@@ -59,8 +59,8 @@ class ModelEnv(EnvBase):
             termination is judged). Default False (MOPO, OfflineRL-Kit: no clipping).
         observation_low, observation_high: ``(O,)`` clip range; default from ``start_states``. Giving either
             turns clipping on.
-        halt_threshold: MOReL-style halting: a row whose elites' maximum pairwise disagreement
-            ``max_{i,j} ||mean_i − mean_j||_2`` exceeds it terminates. None (default) disables halting.
+        halt_threshold: MOReL-style halting: a row whose members' (those of ``penalty_members``) maximum pairwise
+            disagreement ``max_{i,j} ||mean_i − mean_j||_2`` exceeds it terminates. None (default) disables halting.
         halt_penalty: the model reward written on the step where a row halts (MOReL's ``−κ``). Default 0.
         chunk_size: rows per chunk in the ensemble forward pass (CPU cache efficiency). Default 4096.
         seed: seeds the env's generator (start states, members, Gaussian noise).
