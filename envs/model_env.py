@@ -180,7 +180,7 @@ class ModelEnv(EnvBase):
     @torch.no_grad()
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict["observation"]
-        action = torch.minimum(torch.maximum(tensordict["action"], self.action_low), self.action_high)
+        action = tensordict["action"].clamp(self.action_low, self.action_high)
         batch, dim = observation.shape[0], self.ensemble.observation_dim + 1
         member = torch.randint(self.ensemble.num_elites, (batch,), generator=self.rng, device=self.device)
         noise = torch.randn(batch, dim, generator=self.rng, device=self.device)
@@ -211,8 +211,7 @@ class ModelEnv(EnvBase):
         if self.termination_fn is not None:  # judged on the model's own prediction, before any clipping
             terminated = terminated | self.termination_fn(observation, action, next_observation).reshape(batch)
         if self.clip_observations:
-            next_observation = torch.minimum(torch.maximum(next_observation, self.observation_low),
-                                             self.observation_high)
+            next_observation = next_observation.clamp(self.observation_low, self.observation_high)
         reward = reward.unsqueeze(-1)
         terminated = terminated.unsqueeze(-1)
         return TensorDict(
@@ -226,11 +225,9 @@ class ModelEnv(EnvBase):
         """One chunk: writes the Gaussian sample ``(b, O + 1)``, ``u`` ``(b,)`` and the halting mask ``(b,)``."""
         ensemble = self.ensemble
         if self._needs_all_members:
+            mean, std = ensemble(observation, action, members=self.penalty_members)
             if self.penalty_members == "all":  # member: position among the elites -> index among all members
-                mean, std = ensemble(observation, action, members="all")
                 member = ensemble.elite_indices[member]
-            else:
-                mean, std = ensemble(observation, action, members="elites")
             rows = torch.arange(observation.shape[0], device=self.device)
             mean_k, std_k = mean[member, rows], std[member, rows]
             uncertainty_out.copy_(self.penalty(mean, std, member))
