@@ -72,17 +72,27 @@ BUDGETS: dict[str, dict[str, dict]] = {
         "bc": {"num_steps": 200, "eval_episodes": 1},
         "mopo": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1, "max_transitions": 10_000,
                  "rollout_batch_size": 1_000, "ensemble_max_epochs": 5},
+        "awac": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1},
+        "mb2po": {"iterations": 2, "updates_per_iteration": 100, "eval_every": 1, "eval_episodes": 1,
+                  "awac_steps": 200, "max_transitions": 10_000, "rollout_batch_size": 1_000, "ensemble_max_epochs": 5},
     },
     "short": {  # ~15 min per MOPO cell on 2 busy CPU cores (examples/mopo.py's defaults)
         "*": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
         "bc": {"num_steps": 10_000, "eval_episodes": 10},
         "mopo": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
+        "awac": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
+        # MB2PO: 30 iterations of 1000 updates (10k rollouts of h steps each) after the awac cell's 30k steps
+        "mb2po": {"iterations": 30, "eval_every": 5, "eval_episodes": 5, "awac_steps": 30_000},
     },
     "full": {  # the papers' budgets: 1M gradient steps, the whole dataset, 10 evaluation episodes
         "*": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10},
         "bc": {"num_steps": 1_000_000, "eval_episodes": 10},  # CORL BC
         "mopo": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10, "max_transitions": 0,
                  "rollout_batch_size": 50_000},  # MOPO: 1000 epochs of 1000 steps, 50k rollouts
+        "awac": {"num_steps": 500_000, "eval_every": 10_000, "eval_episodes": 10},  # MB2PO's stage one
+        # MB2PO: 500 iterations of 1000 updates, 1M model transitions per iteration (200k rollouts of h = 5)
+        "mb2po": {"iterations": 500, "eval_every": 10, "eval_episodes": 10, "awac_steps": 500_000,
+                  "max_transitions": 0, "rollout_batch_size": 200_000},
     },
 }
 """``budget -> algo -> example arguments`` (``"*"``: algorithms not listed)."""
@@ -95,6 +105,11 @@ SETTINGS: dict[str, dict[str, dict]] = {
     "mopo": {},
 }
 """``algo -> dataset glob -> example arguments``; every pattern matching the dataset's Minari id applies, in order."""
+
+STAGE_ONE: dict[str, tuple[str, str]] = {"mb2po": ("awac", "awac_out")}
+"""``algo -> (stage-one algo, argument)``: a two-stage algorithm's cell gets the folder of the stage-one cell of the
+same dataset and seed as that argument, so MB2PO fine-tunes exactly the AWAC policy of the ``awac`` row (and trains
+it there, under the stage-one script's lock, if that cell has not run yet)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +219,9 @@ def to_argv(args: dict) -> list[str]:
 
 def make_cell(algo: str, dataset_id: str, seed: int, root: Path, examples_dir: Path, args: dict) -> Cell:
     out = cell_dir(root, algo, dataset_id, seed).resolve()
+    if algo in STAGE_ONE and STAGE_ONE[algo][1] not in args:
+        stage_algo, key = STAGE_ONE[algo]
+        args = {key: str(cell_dir(root, stage_algo, dataset_id, seed).resolve()), **args}
     command = (sys.executable, str((Path(examples_dir) / f"{algo}.py").resolve()), "--dataset", dataset_id,
                "--seed", str(seed), "--threads", "1", "--out", str(out), *to_argv(args))
     return Cell(algo, dataset_id, seed, out, command)

@@ -21,45 +21,27 @@ benchmark's cell contract, see ``benchmarks/learning.py``) under ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import json
 import time
 from pathlib import Path
 
-import matplotlib
 import minari
 import numpy as np
 import torch
 import tqdm
-from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.record.loggers import get_logger
 
-from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble, load_dataset
-from cmbrl.components.datasets import DATASET_RECIPES, resolve_dataset_id
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from cmbrl import SAC, ConservativeModelEnv, load_dataset
+from cmbrl.components.training import (critic_values, dataset_env_id,
+                                       evaluate_policy, fit_or_load_ensemble, make_q_probe, mopo_hyperparameters,
+                                       plot_learning_curve)
 
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
-
-MOPO_HYPERPARAMETERS: dict[str, tuple[int, float]] = {
-    # dataset -> (horizon h, penalty_coef λ). OfflineRL-Kit's suggested hypers (run_example/run_mopo.py, D4RL v2);
-    # the random datasets, which Kit does not list, from MOPO's configs (examples/config/d4rl/*_random.py).
-    "halfcheetah-random": (5, 0.5), "hopper-random": (5, 1.0), "walker2d-random": (1, 1.0),
-    "halfcheetah-medium": (5, 0.5), "hopper-medium": (5, 5.0), "walker2d-medium": (5, 0.5),
-    "halfcheetah-medium-replay": (5, 0.5), "hopper-medium-replay": (5, 2.5), "walker2d-medium-replay": (1, 2.5),
-    "halfcheetah-medium-expert": (5, 2.5), "hopper-medium-expert": (5, 5.0), "walker2d-medium-expert": (1, 2.5),
-}
-"""Per-dataset MOPO settings used when ``--horizon`` / ``--penalty-coef`` are not given (see HYPERPARAMETERS.md)."""
-DEFAULT_HYPERPARAMETERS = (5, 1.0)  # datasets outside the table (e.g. the expert sets): MOPO's common h and λ
-
 
 @dataclasses.dataclass
 class Args:
@@ -80,9 +62,9 @@ class Args:
     clip_observations: int = 0
     """1: clip predicted observations to the data's range (after termination is judged); MOPO and Kit: 0."""
     penalty_coef: float = -1.0
-    """λ; negative: OfflineRL-Kit's value for this dataset (MOPO_HYPERPARAMETERS)."""
+    """λ; negative: OfflineRL-Kit's value for this dataset (cmbrl.components.training.MOPO_HYPERPARAMETERS)."""
     horizon: int = 0
-    """Model rollout length h; 0: OfflineRL-Kit's value for this dataset (MOPO_HYPERPARAMETERS)."""
+    """Model rollout length h; 0: OfflineRL-Kit's value for this dataset (cmbrl.components.training.MOPO_HYPERPARAMETERS)."""
     real_ratio: float = 0.05
     """Share of each SAC batch drawn from the dataset (MOPO/MBPO 0.05); the rest is model data."""
     num_steps: int = 30_000
@@ -127,84 +109,12 @@ class Args:
 
 def resolve_settings(args: Args) -> Args:
     """Fills the dataset-dependent defaults (environment, termination function, λ, h); returns a new Args."""
-    dataset = resolve_dataset_id(args.dataset)
-    env_id = args.env_id
-    if not env_id:
-        if dataset in DATASET_RECIPES:
-            env_id = DATASET_RECIPES[dataset].env_id
-        else:
-            env_id = minari.load_dataset(dataset).spec.env_spec.id
-    name = dataset.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
-    horizon, penalty_coef = MOPO_HYPERPARAMETERS.get(name, DEFAULT_HYPERPARAMETERS)
+    dataset, env_id = dataset_env_id(args.dataset, args.env_id)
+    horizon, penalty_coef = mopo_hyperparameters(dataset)
     return dataclasses.replace(
         args, dataset=dataset, env_id=env_id, termination_fn=args.termination_fn or env_id.split("-")[0].lower(),
         horizon=args.horizon or horizon, penalty_coef=penalty_coef if args.penalty_coef < 0 else args.penalty_coef,
         ensemble_seed=args.seed if args.ensemble_seed < 0 else args.ensemble_seed)
-
-
-def discounted_returns_to_go(data: TensorDict, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Monte Carlo return ``sum_k γ^k r_{t+k}`` to the end of each transition's episode, and whether it is exact.
-
-    Episodes end at ``("next", "done")``. The return is exact (``True``) where the episode ended by termination or
-    ends at least 300 steps later (γ^300 < 0.05); near a time-limit cut the MC return misses the bootstrap tail.
-    """
-    reward = data["next", "reward"].reshape(-1).double().numpy()
-    done = data["next", "done"].reshape(-1).numpy()
-    terminated = data["next", "terminated"].reshape(-1).numpy()
-    returns, exact = np.empty_like(reward), np.empty(reward.shape, dtype=bool)
-    running, steps_left, ends_terminated = 0.0, 0, True
-    for t in range(len(reward) - 1, -1, -1):
-        if done[t] or t == len(reward) - 1:
-            running, steps_left, ends_terminated = 0.0, 0, bool(terminated[t])
-        running = reward[t] + gamma * running
-        steps_left += 1
-        returns[t], exact[t] = running, ends_terminated or steps_left >= 300
-    return torch.as_tensor(returns, dtype=torch.float32), torch.as_tensor(exact)
-
-
-def critic_values(agent: SAC, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Q of each of the agent's critics, ``(num_qvalue_nets, B)``."""
-    loss = agent.loss_module
-    td = TensorDict({"observation": observation, "action": action}, batch_size=observation.shape[:1])
-    values = []
-    with torch.no_grad():
-        for i in range(loss.num_qvalue_nets):
-            with loss.qvalue_network_params[i].to_module(loss.qvalue_network):
-                values.append(loss.qvalue_network(td.clone())["state_action_value"].reshape(-1))
-    return torch.stack(values)
-
-
-def evaluate(env, policy, episodes: int) -> list[float]:
-    with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
-        return [env.rollout(1_000, policy).get(("next", "reward")).sum().item() for _ in range(episodes)]
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """Exclusive lock on ``path`` (cells of a benchmark that share an ensemble fit it once)."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fitted_ensemble(args: Args, data: TensorDict, out: Path) -> tuple[DynamicsEnsemble, dict]:
-    folder = Path(args.ensemble_dir) if args.ensemble_dir else out
-    folder.mkdir(parents=True, exist_ok=True)
-    size = data.shape[0]
-    path = folder / f"ensemble_{args.dataset.replace('/', '_')}_n{size}_seed{args.ensemble_seed}.pt"
-    with file_lock(path.with_suffix(".lock")):
-        if not path.exists():
-            ensemble = DynamicsEnsemble(data["observation"].shape[-1], data["action"].shape[-1],
-                                        seed=args.ensemble_seed)
-            fit = ensemble.fit(data, max_epochs=args.ensemble_max_epochs, seed=args.ensemble_seed,
-                               progress=bool(args.progress))
-            ensemble.save(path)
-            path.with_suffix(".json").write_text(json.dumps(fit, indent=1))
-    fit = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
-    return DynamicsEnsemble.load(path), fit
 
 
 def main(args: Args) -> dict:
@@ -226,7 +136,8 @@ def main(args: Args) -> dict:
           f"{args.termination_fn}, penalty {args.penalty} over {args.penalty_members} members, λ={args.penalty_coef}, "
           f"h={args.horizon}, {args.num_steps:,} steps, seed {args.seed}", flush=True)
 
-    ensemble, fit = fitted_ensemble(args, data, out)
+    ensemble, fit = fit_or_load_ensemble(args.ensemble_dir or out, args.dataset, data, seed=args.ensemble_seed,
+                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress))
     env = ConservativeModelEnv(ensemble, penalty=args.penalty, penalty_coef=args.penalty_coef, horizon=args.horizon,
                                start_states=data, batch_size=args.rollout_batch_size,
                                termination_fn=args.termination_fn, penalty_members=args.penalty_members,
@@ -240,10 +151,8 @@ def main(args: Args) -> dict:
                       if args.actor_lr_schedule == "cosine" else None)
 
     # Q-value probe: fixed dataset (s, a) pairs with an exact Monte Carlo return
-    mc_return, exact = discounted_returns_to_go(data, gamma=0.99)
-    candidates = torch.nonzero(exact).reshape(-1)
-    probe = candidates[torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(0))[:2000]]
-    probe_obs, probe_act, probe_mc = data["observation"][probe], data["action"][probe], mc_return[probe]
+    probe = make_q_probe(data, gamma=0.99)
+    probe_obs, probe_act, probe_mc = probe["observation"], probe["action"], probe["mc_return"]
 
     real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]))
     real.extend(data.select(*KEYS))
@@ -293,9 +202,9 @@ def main(args: Args) -> dict:
         if actor_schedule is not None and step % args.rollout_every == 0:
             actor_schedule.step()
         if step % args.eval_every == 0 or step == args.num_steps:
-            returns = evaluate(eval_env, agent.policy, args.eval_episodes)
+            returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)
             score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
-            q = critic_values(agent, probe_obs, probe_act).min(0).values
+            q = critic_values(agent.loss_module, probe_obs, probe_act).min(0).values
             point = {"step": step, "return": float(np.mean(returns)), "normalized_score": score,
                      "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
                      "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
@@ -316,18 +225,9 @@ def main(args: Args) -> dict:
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
               "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit}
     (out / f"history_seed{args.seed}.json").write_text(json.dumps(history, indent=1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [h["step"] for h in history]
-    axes[0].plot(steps, [h["normalized_score"] for h in history], marker="o")
-    axes[0].set(xlabel="gradient steps", ylabel="normalised score (D4RL reference returns)")
-    axes[1].plot(steps, [h["q_data"] for h in history], marker="o", label="Q on data (min of critics)")
-    axes[1].plot(steps, [h["mc_return"] for h in history], linestyle="--", label="data's MC return")
-    axes[1].set(xlabel="gradient steps", ylabel="discounted return")
-    axes[1].legend()
-    fig.suptitle(f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, h={args.horizon}, seed {args.seed})")
-    fig.tight_layout()
-    fig.savefig(out / f"learning_curve_seed{args.seed}.png", dpi=100)
-    plt.close(fig)
+    plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
+                        f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, h={args.horizon}, "
+                        f"seed {args.seed})")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
     return result

@@ -193,7 +193,7 @@ def test_cell_arguments_budget_settings_and_overrides(learning, examples, tmp_pa
     assert learning.cell_args("mopo", "cmbrl/walker2d/medium-v0", "short")["horizon"] == 5
     assert "horizon" not in learning.cell_args("mopo", "cmbrl/walker2d/medium-replay-v0", "short",
                                                sets=[learning.parse_set("mopo:*/walker2d/*:horizon=none")])
-    assert learning.cell_args("awac", "cmbrl/hopper/medium-v0", "smoke") == BUDGET_SMOKE_DEFAULT
+    assert learning.cell_args("iql", "cmbrl/hopper/medium-v0", "smoke") == BUDGET_SMOKE_DEFAULT  # the "*" preset
     assert "eval_every" not in learning.cell_args("bc", "cmbrl/hopper/medium-v0", "short", eval_every=3)
     sets = [learning.parse_set("mopo:cmbrl/hopper/medium-v0:penalty-coef=2.5"), learning.parse_set("*:normalize=false"),
             learning.parse_set("mopo:cmbrl/*/expert-v0:horizon=none")]
@@ -209,6 +209,20 @@ def test_cell_arguments_budget_settings_and_overrides(learning, examples, tmp_pa
     assert cell.out == (tmp_path / "r" / "mopo" / "cmbrl_hopper_medium-v0" / "seed2").resolve()
     assert cell.command[1:] == (str((examples / "mopo.py").resolve()), "--dataset", "cmbrl/hopper/medium-v0",
                                 "--seed", "2", "--threads", "1", "--out", str(cell.out), "--horizon", "5")
+
+
+
+def test_two_stage_cell_reads_its_stage_one_cell(learning, examples, tmp_path):
+    root = tmp_path / "r"
+    cell = learning.make_cell("mb2po", "cmbrl/hopper/medium-v0", 1, root, examples,
+                              learning.cell_args("mb2po", "cmbrl/hopper/medium-v0", "short"))
+    awac_cell = learning.cell_dir(root, "awac", "cmbrl/hopper/medium-v0", 1).resolve()
+    argv = list(cell.command)
+    assert argv[argv.index("--awac-out") + 1] == str(awac_cell)
+    assert argv[argv.index("--awac-steps") + 1] == str(learning.cell_args("awac", "cmbrl/hopper/medium-v0",
+                                                                           "short")["num_steps"])
+    mine = learning.make_cell("mb2po", "cmbrl/hopper/medium-v0", 1, root, examples, {"awac_out": "elsewhere"})
+    assert list(mine.command).count("--awac-out") == 1 and "elsewhere" in mine.command
 
 
 BUDGET_SMOKE_DEFAULT = {"num_steps": 200, "eval_every": 100, "eval_episodes": 1}

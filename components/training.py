@@ -1,0 +1,190 @@
+"""Pieces every offline learner's training script needs: a cached ensemble fit, Q diagnostics, evaluation, plots.
+
+``examples/mopo.py``, ``examples/awac.py`` and ``examples/mb2po.py`` share these, so a diagnostic means the same
+thing in every row of the learning benchmark.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from .datasets import DATASET_RECIPES, resolve_dataset_id
+from .ensemble import DynamicsEnsemble
+
+MOPO_HYPERPARAMETERS: dict[str, tuple[int, float]] = {
+    # dataset -> (horizon h, penalty_coef λ). OfflineRL-Kit's suggested hypers (run_example/run_mopo.py, D4RL v2);
+    # the random datasets, which Kit does not list, from MOPO's configs (examples/config/d4rl/*_random.py).
+    "halfcheetah-random": (5, 0.5), "hopper-random": (5, 1.0), "walker2d-random": (1, 1.0),
+    "halfcheetah-medium": (5, 0.5), "hopper-medium": (5, 5.0), "walker2d-medium": (5, 0.5),
+    "halfcheetah-medium-replay": (5, 0.5), "hopper-medium-replay": (5, 2.5), "walker2d-medium-replay": (1, 2.5),
+    "halfcheetah-medium-expert": (5, 2.5), "hopper-medium-expert": (5, 5.0), "walker2d-medium-expert": (1, 2.5),
+}
+"""Per-dataset MOPO rollout horizon ``h`` and penalty coefficient ``λ`` (``../shared/HYPERPARAMETERS.md`` §2)."""
+DEFAULT_MOPO_HYPERPARAMETERS = (5, 1.0)
+"""``(h, λ)`` for datasets outside the table (e.g. the expert sets): MOPO's most common values."""
+
+__all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy", "file_lock",
+           "fit_or_load_ensemble", "plot_learning_curve"]
+
+
+def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
+    """``(horizon, penalty_coef)`` for a dataset id (``cmbrl/hopper/medium-v0`` or ``hopper-medium``)."""
+    name = dataset_id.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
+    return MOPO_HYPERPARAMETERS.get(name, DEFAULT_MOPO_HYPERPARAMETERS)
+
+
+def dataset_env_id(dataset: str, env_id: str = "") -> tuple[str, str]:
+    """Resolves a dataset name to its Minari id and the Gymnasium env id it was recorded in (``env_id`` if given).
+
+    cmbrl's recipes answer without touching the disk; other Minari ids read the dataset's spec (loads it).
+    """
+    import minari
+
+    dataset = resolve_dataset_id(dataset)
+    if not env_id:
+        env_id = (DATASET_RECIPES[dataset].env_id if dataset in DATASET_RECIPES
+                  else minari.load_dataset(dataset).spec.env_spec.id)
+    return dataset, env_id
+
+
+def discounted_returns_to_go(data: TensorDictBase, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte Carlo return ``Σ_k γ^k r_{t+k}`` to the end of each transition's episode, and whether it is exact.
+
+    Args:
+        data: transitions in episode order, shape ``(N,)``, with ``("next", "reward")``, ``("next", "done")`` and
+            ``("next", "terminated")``. Episodes end at ``done`` (and at the last row).
+        gamma: discount in ``[0, 1]``.
+
+    Returns:
+        ``returns (N,)`` float32 and ``exact (N,)`` bool: exact where the episode ended by termination or ends at
+        least 300 steps later (γ^300 < 0.05 at γ = 0.99); near a time-limit cut the MC return misses the bootstrap
+        tail, so those rows are flagged ``False``.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    reward = data["next", "reward"].reshape(-1).double().numpy()
+    done = data["next", "done"].reshape(-1).numpy()
+    terminated = data["next", "terminated"].reshape(-1).numpy()
+    returns, exact = np.empty_like(reward), np.empty(reward.shape, dtype=bool)
+    running, steps_left, ends_terminated = 0.0, 0, True
+    for t in range(len(reward) - 1, -1, -1):
+        if done[t] or t == len(reward) - 1:
+            running, steps_left, ends_terminated = 0.0, 0, bool(terminated[t])
+        running = reward[t] + gamma * running
+        steps_left += 1
+        returns[t], exact[t] = running, ends_terminated or steps_left >= 300
+    return torch.as_tensor(returns, dtype=torch.float32), torch.as_tensor(exact)
+
+
+def make_q_probe(data: TensorDictBase, gamma: float = 0.99, size: int = 2000, seed: int = 0) -> TensorDict:
+    """A fixed sample of dataset ``(s, a)`` pairs with an exact Monte Carlo return, to watch the critic against.
+
+    Returns a TensorDict of shape ``(size,)`` (fewer if the data has fewer exact rows) with ``"observation"``,
+    ``"action"`` and ``"mc_return"``. The same ``seed`` gives the same probe, so runs compare row by row.
+    """
+    mc_return, exact = discounted_returns_to_go(data, gamma)
+    candidates = torch.nonzero(exact).reshape(-1)
+    if candidates.numel() == 0:
+        raise ValueError("no transition of the data has an exact Monte Carlo return (episodes too short?)")
+    rows = candidates[torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))[:size]]
+    return TensorDict({"observation": data["observation"][rows], "action": data["action"][rows],
+                       "mc_return": mc_return[rows]}, batch_size=rows.shape)
+
+
+def critic_values(loss_module, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Q of each critic of a TorchRL loss module with vmapped critics (``SACLoss``, ``AWACLoss``), ``(J, B)``.
+
+    Args:
+        loss_module: has ``qvalue_network``, ``qvalue_network_params`` (stacked, leading dim ``J``) and
+            ``num_qvalue_nets``.
+        observation: ``(B, O)``; action: ``(B, A)``.
+    """
+    td = TensorDict({"observation": observation, "action": action}, batch_size=observation.shape[:1])
+    values = []
+    with torch.no_grad():
+        for i in range(loss_module.num_qvalue_nets):
+            with loss_module.qvalue_network_params[i].to_module(loss_module.qvalue_network):
+                values.append(loss_module.qvalue_network(td.clone())["state_action_value"].reshape(-1))
+    return torch.stack(values)
+
+
+def evaluate_policy(env, policy, episodes: int, max_steps: int = 1_000) -> list[float]:
+    """Undiscounted returns of ``episodes`` deterministic episodes of ``policy`` in a TorchRL ``env``."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+        return [env.rollout(max_steps, policy).get(("next", "reward")).sum().item() for _ in range(episodes)]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Exclusive lock on ``path`` (processes that share a cached ensemble fit it once)."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fit_or_load_ensemble(folder: str | Path, dataset_id: str, data: TensorDictBase, *, seed: int,
+                         max_epochs: int | None, progress: bool = True) -> tuple[DynamicsEnsemble, dict]:
+    """Loads the ensemble fitted on ``data`` with ``seed`` from ``folder``, fitting and saving it first if absent.
+
+    The file is ``ensemble_<dataset id, / as _>_n<len(data)>_seed<seed>.pt`` (with the fit's report as ``.json``),
+    so MOPO, MB2PO and COMBO runs on the same data and ensemble seed share one fit; a file lock makes processes
+    started side by side wait for the first one's fit instead of fitting twice.
+
+    Returns:
+        The ensemble and the fit report (``holdout_mse`` per epoch, ``elites``, ...; ``{}`` if none was saved).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ensemble_{dataset_id.replace('/', '_')}_n{data.shape[0]}_seed{seed}.pt"
+    with file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            ensemble = DynamicsEnsemble(data["observation"].shape[-1], data["action"].shape[-1], seed=seed)
+            fit = ensemble.fit(data, max_epochs=max_epochs, seed=seed, progress=progress)
+            ensemble.save(path)
+            path.with_suffix(".json").write_text(json.dumps(fit, indent=1))
+    report = path.with_suffix(".json")
+    return DynamicsEnsemble.load(path), json.loads(report.read_text()) if report.exists() else {}
+
+
+def plot_learning_curve(path: str | Path, history: Sequence[dict], title: str,
+                        references: dict[str, float] | None = None) -> None:
+    """Saves a two-panel PNG: normalised score, and Q on data against the data's MC return, over gradient steps.
+
+    Args:
+        history: evaluations, each with ``"step"`` and ``"normalized_score"`` (and optionally ``"q_data"`` and
+            ``"mc_return"`` for the second panel).
+        references: horizontal dashed lines on the score panel, e.g. ``{"AWAC (start)": 40.1}``.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(steps, [h["normalized_score"] for h in history], marker="o")
+    for label, value in (references or {}).items():
+        axes[0].axhline(value, linestyle="--", color="grey")
+        axes[0].annotate(label, (steps[0] if steps else 0, value), fontsize=8, va="bottom")
+    axes[0].set(xlabel="gradient steps", ylabel="normalised score (D4RL reference returns)")
+    if history and "q_data" in history[0]:
+        axes[1].plot(steps, [h["q_data"] for h in history], marker="o", label="Q on data (min of critics)")
+        axes[1].plot(steps, [h["mc_return"] for h in history], linestyle="--", label="data's MC return")
+        axes[1].legend()
+    axes[1].set(xlabel="gradient steps", ylabel="discounted return")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
