@@ -1,0 +1,57 @@
+"""cmbrl.components.training: MC returns, the Q probe, the MOPO table and the ensemble cache."""
+import pytest
+import torch
+from tensordict import TensorDict
+
+from cmbrl.components import training
+
+
+def episodes(rewards, dones, terminated):
+    n = len(rewards)
+    return TensorDict({"observation": torch.arange(n, dtype=torch.float32)[:, None], "action": torch.zeros(n, 1),
+                       "next": {"reward": torch.tensor(rewards, dtype=torch.float32)[:, None],
+                                "done": torch.tensor(dones)[:, None],
+                                "terminated": torch.tensor(terminated)[:, None]}}, batch_size=[n])
+
+
+def test_discounted_returns_restart_at_episode_ends_and_flag_time_limit_cuts():
+    # episode 1: 3 steps ending by termination; episode 2: 2 steps cut by the time limit
+    data = episodes([1.0, 2.0, 4.0, 1.0, 1.0], [False, False, True, False, True],
+                    [False, False, True, False, False])
+    returns, exact = training.discounted_returns_to_go(data, gamma=0.5)
+    torch.testing.assert_close(returns, torch.tensor([1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0, 1.5, 1.0]))
+    assert exact.tolist() == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="got 1.5"):
+        training.discounted_returns_to_go(data, gamma=1.5)
+
+
+def test_q_probe_keeps_only_exact_rows_and_is_reproducible():
+    data = episodes([1.0] * 6, [False, True, False, False, False, True], [False, True] + [False] * 4)
+    probe = training.make_q_probe(data, gamma=0.9, size=10, seed=3)
+    assert sorted(probe["observation"].reshape(-1).tolist()) == [0.0, 1.0]  # the time-limited episode is out
+    assert torch.equal(probe["observation"], training.make_q_probe(data, gamma=0.9, size=10, seed=3)["observation"])
+    cut = episodes([1.0] * 3, [False, False, True], [False] * 3)
+    with pytest.raises(ValueError, match="exact Monte Carlo return"):
+        training.make_q_probe(cut)
+
+
+def test_mopo_table_lookup_by_id_or_short_name():
+    assert training.mopo_hyperparameters("cmbrl/hopper/medium-replay-v0") == (5, 2.5)
+    assert training.mopo_hyperparameters("walker2d-medium-replay") == (1, 2.5)
+    assert training.mopo_hyperparameters("cmbrl/hopper/expert-v0") == training.DEFAULT_MOPO_HYPERPARAMETERS
+
+
+def test_ensemble_is_fitted_once_then_loaded(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    obs, act = torch.randn(n, 3, generator=g), torch.rand(n, 2, generator=g) * 2 - 1
+    data = TensorDict({"observation": obs, "action": act,
+                       "next": {"observation": obs + 0.1 * act.sum(-1, keepdim=True), "reward": act[:, :1],
+                                "terminated": torch.zeros(n, 1, dtype=torch.bool),
+                                "done": torch.zeros(n, 1, dtype=torch.bool)}}, batch_size=[n])
+    first, report = training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=1, progress=False)
+    assert (tmp_path / "ensemble_test_x-v0_n300_seed1.pt").exists() and report["epochs"] == 1
+    monkeypatch.setattr(training.DynamicsEnsemble, "fit", lambda *a, **k: pytest.fail("fitted twice"))
+    second, _ = training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=1, progress=False)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
