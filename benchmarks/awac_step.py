@@ -1,0 +1,225 @@
+"""Cost of one ``cmbrl.AWAC.update`` against a plain-torch AWAC step doing the same work, in one process.
+
+Work measured: one AWAC gradient step with cmbrl's defaults (tanh-squashed 5-component Gaussian-mixture actor,
+3 x 256 ReLU actor and twin critics, target critics, λ = 1/3, weights ``min(exp(A/λ), 20)``, one policy sample for
+the value baseline) on a batch of pre-generated random transitions (default Hopper dimensions O=11, A=3, batch 256),
+then one soft target update.
+
+The floor is plain torch written for speed: the twin critics are one stacked ``(2, out, in)`` weight per layer run
+with ``baddbmm``, the mixture is sampled by Gumbel-max and scored with one ``logsumexp``, the critic forward on the
+batch's actions is reused for the advantage, one backward pass over ``loss_actor + loss_qvalue``, two Adams with
+the same settings as ``cmbrl.AWAC`` (``foreach``), one ``_foreach_lerp_`` soft update, and the seven metrics read
+back with one ``tolist()``. Given cmbrl's weights and the same RNG state it returns the same metrics as
+``cmbrl.AWAC.update`` step after step (``--check`` verifies this before timing).
+
+Timing blocks of ``--steps`` steps alternate between the two ``--rounds`` times (after a warm-up), so that the
+noise of a shared machine hits both; the medians per step are compared. The default clock is the process's CPU
+time (``time.process_time``), which time slices lost to other processes do not inflate; ``--clock wall`` measures
+elapsed time (use it with ``--threads`` > 1, where CPU time adds up the threads).
+
+    python benchmarks/awac_step.py [--steps 300] [--rounds 5] [--obs-dim 11] [--act-dim 3] [--batch-size 256]
+                                   [--threads 1] [--clock cpu|wall]
+
+Prints ms/step for each, then one summary line ``floor=<ms> cmbrl=<ms> ratio=<floor/cmbrl>``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+
+from cmbrl.agents import AWAC
+
+HIDDEN = (256, 256, 256)
+NUM_COMPONENTS = 5
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+GAMMA, TAU, LR, TEMPERATURE, MAX_WEIGHT = 0.99, 0.005, 3e-4, 1 / 3, 20.0
+TANH_EPS = 1e-6
+
+
+def make_batches(n: int, batch_size: int, obs_dim: int, act_dim: int, seed: int = 0) -> list[TensorDict]:
+    g = torch.Generator().manual_seed(seed)
+    return [TensorDict({
+        "observation": torch.randn(batch_size, obs_dim, generator=g),
+        "action": (torch.rand(batch_size, act_dim, generator=g) * 2.2 - 1.1).clamp(-1, 1),  # some on the bounds
+        "next": {"observation": torch.randn(batch_size, obs_dim, generator=g),
+                 "reward": torch.randn(batch_size, 1, generator=g),
+                 "terminated": torch.rand(batch_size, 1, generator=g) < 0.05,
+                 "done": torch.zeros(batch_size, 1, dtype=torch.bool)}}, batch_size=[batch_size])
+        for _ in range(n)]
+
+
+def _linear_params(sizes, stack: int | None = None):
+    """Weights ``(out, in)`` (or ``(stack, out, in)``) and biases with nn.Linear's default initialisation."""
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1 / math.sqrt(fan_in)
+        shape = (fan_out, fan_in) if stack is None else (stack, fan_out, fan_in)
+        b_shape = (fan_out,) if stack is None else (stack, 1, fan_out)
+        params += [torch.empty(shape).uniform_(-bound, bound).requires_grad_(),
+                   torch.empty(b_shape).uniform_(-bound, bound).requires_grad_()]
+    return params
+
+
+class FloorAWAC:
+    """The AWAC step in plain torch with the computation of ``cmbrl.AWAC`` (see the module docstring)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_q: int = 2):
+        self.act_dim, self.num_q, self.k = act_dim, num_q, NUM_COMPONENTS
+        self.actor = _linear_params((obs_dim, *HIDDEN, self.k * (1 + 2 * act_dim)))
+        self.critic = _linear_params((obs_dim + act_dim, *HIDDEN, 1), stack=num_q)
+        self.target = [p.detach().clone() for p in self.critic]
+        self.optims = [torch.optim.Adam(self.actor, lr=LR, foreach=True),
+                       torch.optim.Adam(self.critic, lr=LR, foreach=True)]
+
+    @torch.no_grad()
+    def load_from(self, agent: AWAC) -> None:
+        """Copies cmbrl's actor, critics and target critics (same layouts up to the bias shape)."""
+        loss = agent.loss_module
+        for mine, theirs in zip(self.actor, loss.actor_network_params.flatten_keys().values()):
+            mine.copy_(theirs)
+        for mine, target, online, their_target in zip(self.critic, self.target,
+                                                      loss.qvalue_network_params.flatten_keys().values(),
+                                                      loss.target_qvalue_network_params.flatten_keys().values()):
+            mine.copy_(online.view_as(mine))
+            target.copy_(their_target.view_as(target))
+
+    def mixture(self, obs):
+        x, w = obs, self.actor
+        for i in range(0, len(w) - 2, 2):
+            x = torch.relu(F.linear(x, w[i], w[i + 1]))
+        x = F.linear(x, w[-2], w[-1])
+        logits, params = x.split([self.k, 2 * self.k * self.act_dim], -1)
+        loc, log_std = params.unflatten(-1, (self.k, 2, self.act_dim)).unbind(-2)
+        return logits, loc, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+
+    @staticmethod
+    def sample(logits, loc, scale, n: int | None = None):
+        shape = logits.shape if n is None else (n, *logits.shape)
+        index = (logits - torch.empty(shape).exponential_().log()).argmax(-1)  # Gumbel-max
+        index = index[..., None, None].expand(*index.shape, 1, loc.shape[-1])
+        full = (*index.shape[:-2], *loc.shape[-2:])
+        mean = loc.expand(full).gather(-2, index).squeeze(-2)
+        std = scale.expand(full).gather(-2, index).squeeze(-2)
+        return torch.tanh(mean + std * torch.randn_like(mean))
+
+    @staticmethod
+    def log_prob(logits, loc, scale, action):
+        x = torch.atanh(action.clamp(-1 + TANH_EPS, 1 - TANH_EPS))
+        z = (x.unsqueeze(-2) - loc) / scale
+        log_normal = (-0.5 * z.pow(2) - scale.log()).sum(-1) - loc.shape[-1] * 0.5 * math.log(2 * math.pi)
+        log_jacobian = 2 * (math.log(2) - x - F.softplus(-2 * x))
+        return torch.logsumexp(torch.log_softmax(logits, -1) + log_normal, -1) - log_jacobian.sum(-1)
+
+    def q(self, obs, action, params):
+        x = torch.cat([obs.expand(*action.shape[:-1], -1), action], -1)
+        batch = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1]).expand(self.num_q, -1, -1)
+        for i in range(0, len(params) - 2, 2):
+            x = torch.relu(torch.baddbmm(params[i + 1], x, params[i].mT))
+        return torch.baddbmm(params[-1], x, params[-2].mT).reshape(self.num_q, *batch)  # (num_q, *batch)
+
+    def update(self, batch: TensorDict) -> dict[str, float]:
+        obs, act = batch["observation"], batch["action"]
+        nxt = batch["next"]
+        with torch.no_grad():
+            next_action = self.sample(*self.mixture(nxt["observation"]))
+            next_value = self.q(nxt["observation"], next_action, self.target).min(0)[0]
+            target = nxt["reward"].squeeze(-1) + GAMMA * (~nxt["terminated"].squeeze(-1)) * next_value
+        q_all = self.q(obs, act, self.critic)
+        loss_q = (q_all - target).pow(2).sum(0).mean()
+        logits, loc, scale = self.mixture(obs)
+        log_prob = self.log_prob(logits, loc, scale, act)
+        with torch.no_grad():
+            q_data = q_all.min(0)[0]
+            sampled = self.sample(logits, loc, scale, n=1)
+            advantage = q_data - self.q(obs, sampled, self.critic).min(0)[0].mean(0)
+            weights = (advantage / TEMPERATURE).clamp(max=math.log(MAX_WEIGHT)).exp()
+        loss_actor = -(log_prob * weights).mean()
+        for optim in self.optims:
+            optim.zero_grad(set_to_none=True)
+        (loss_actor + loss_q).backward()
+        for optim in self.optims:
+            optim.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.target, [p.detach() for p in self.critic], TAU)
+        values = torch.stack([loss_actor.detach(), loss_q.detach(), advantage.mean(), weights.mean(), weights.max(),
+                              q_data.mean(), log_prob.detach().mean()]).tolist()
+        return dict(zip(AWAC.METRICS, values))
+
+
+def check_equal(obs_dim: int, act_dim: int, batches: list[TensorDict], steps: int = 5) -> float:
+    """Largest relative difference of the metrics of ``steps`` updates of cmbrl and the floor from equal states."""
+    agent, floor = AWAC(obs_dim, act_dim, seed=1), FloorAWAC(obs_dim, act_dim)
+    floor.load_from(agent)
+    worst = 0.0
+    for i in range(steps):
+        torch.manual_seed(100 + i)
+        mine = floor.update(batches[i].clone())
+        torch.manual_seed(100 + i)
+        theirs = agent.update(batches[i].clone())
+        for key in AWAC.METRICS:
+            worst = max(worst, abs(mine[key] - theirs[key]) / max(1.0, abs(theirs[key])))
+    return worst
+
+
+def time_block(update, batches, steps: int, clock=time.process_time) -> float:
+    """Milliseconds per call of ``update`` over ``steps`` calls cycling through ``batches``."""
+    start = clock()
+    for i in range(steps):
+        update(batches[i % len(batches)])
+    return (clock() - start) / steps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="steps per timing block")
+    parser.add_argument("--rounds", type=int, default=5, help="timing blocks per contender (interleaved)")
+    parser.add_argument("--obs-dim", type=int, default=11)
+    parser.add_argument("--act-dim", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps of each before timing")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or elapsed time")
+    parser.add_argument("--no-check", action="store_true", help="skip the equality check against the floor")
+    args = parser.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    batches = make_batches(64, args.batch_size, args.obs_dim, args.act_dim)
+    if not args.no_check:
+        diff = check_equal(args.obs_dim, args.act_dim, batches)
+        print(f"check: largest relative metric difference cmbrl vs floor over 5 steps: {diff:.2e}")
+        if diff > 1e-4:
+            raise SystemExit("the floor does not compute what cmbrl.AWAC computes")
+    floor = FloorAWAC(args.obs_dim, args.act_dim)
+    start = time.perf_counter()
+    agent = AWAC(args.obs_dim, args.act_dim, seed=0)
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    agent.update(batches[0])
+    first_s = time.perf_counter() - start
+    contenders = {"floor": floor.update, "cmbrl": agent.update}
+    for update in contenders.values():
+        time_block(update, batches, args.warmup)
+    times = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, update in contenders.items():
+            times[name].append(time_block(update, batches, args.steps, clock))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"O={args.obs_dim} A={args.act_dim} batch={args.batch_size} hidden={HIDDEN} K={NUM_COMPONENTS} "
+          f"threads={args.threads} steps={args.steps} rounds={args.rounds} clock={args.clock}")
+    print(f"cmbrl.AWAC: construction {build_s * 1e3:.0f} ms, first update {first_s * 1e3:.0f} ms")
+    for name, t in times.items():
+        print(f"{name:>6}: median {med[name]:.2f} ms/step  (blocks: {', '.join(f'{x:.2f}' for x in t)})")
+    print(f"floor={med['floor']:.2f}ms cmbrl={med['cmbrl']:.2f}ms ratio={med['floor'] / med['cmbrl']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
