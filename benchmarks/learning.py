@@ -355,8 +355,14 @@ def budget_text(algos: Sequence[str], budget: str, seeds: Sequence[int], overrid
         text = algo
         if isinstance(args.get("num_steps"), int):
             text += f" {args['num_steps']:,} gradient steps"
+        if isinstance(args.get("iterations"), int):  # mb2po: iterations of updates_per_iteration (default 1000)
+            updates = args.get("updates_per_iteration", 1_000)
+            text += f" {args['iterations']:,} iterations of {updates:,} gradient steps"
+            if isinstance(args.get("awac_steps"), int):
+                text += f" after {args['awac_steps']:,} AWAC steps"
         if isinstance(args.get("eval_every"), int):
-            text += f", evaluated every {args['eval_every']:,}"
+            unit = " iterations" if "iterations" in args else ""
+            text += f", evaluated every {args['eval_every']:,}{unit}"
         if "eval_episodes" in args:
             text += f", {args['eval_episodes']} evaluation episode{'s' * (args['eval_episodes'] != 1)}"
         parts.append(text)
