@@ -12,7 +12,6 @@ Q-Learning", arXiv:2101.05982 (REDQ, random target subsets).
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _vmap_func
 
 from .distributions import TanhGaussianMixture
-from .sac import _ForeachSoftUpdate, _RowChunkedSequential, _TensorDictModule, _ValueOperator, make_sac_actor
+from .sac import (_ForeachSoftUpdate, _OptimizersInStateDict, _RowChunkedSequential, _TensorDictModule, _ValueOperator,
+                  make_sac_actor)
 
 __all__ = ["AWAC", "AWACLoss", "MixtureParams", "make_mixture_actor"]
 
@@ -430,7 +430,7 @@ class AWACLoss(LossModule):
         return TensorDict(dict(zip(self.out_keys, values)), batch_size=[])
 
 
-class AWAC(nn.Module):
+class AWAC(_OptimizersInStateDict, nn.Module):
     """AWAC with a tanh-squashed Gaussian-mixture actor (MB2PO) or a tanh-Gaussian actor, and twin critics.
 
     The learning rule is :class:`AWACLoss` (clipped double-Q TD learning without entropy; advantage-weighted log
@@ -495,6 +495,7 @@ class AWAC(nn.Module):
         ['advantage', 'log_prob', 'loss_actor', 'loss_qvalue', 'q_data', 'weight_max', 'weight_mean']
     """
 
+    OPTIMIZERS = ("actor_optim", "critic_optim")
     METRICS = ("loss_actor", "loss_qvalue", "advantage", "weight_mean", "weight_max", "q_data", "log_prob")
 
     def __init__(
@@ -580,16 +581,3 @@ class AWAC(nn.Module):
         self.target_updater.step()
         return dict(zip(self.METRICS, torch.stack([v.detach() for v in values]).tolist()))
 
-    def state_dict(self, *args, **kwargs):  # noqa: D102 - adds optimiser states to the module's
-        state = {"modules": super().state_dict(*args, **kwargs)}
-        state["optimizers"] = {name: getattr(self, name).state_dict() for name in ("actor_optim", "critic_optim")}
-        return state
-
-    def load_state_dict(self, state, strict: bool = True):  # noqa: D102
-        super().load_state_dict(state["modules"], strict=strict)
-        for name, optim_state in state["optimizers"].items():
-            # torch.optim keeps same-device state tensors by reference: copy, or two agents share Adam moments
-            optim = getattr(self, name)
-            optim.load_state_dict(copy.deepcopy(optim_state))
-            for group in optim.param_groups:
-                group["foreach"] = True

@@ -163,7 +163,28 @@ def make_sac_actor(
     )
 
 
-class SAC(nn.Module):
+class _OptimizersInStateDict:
+    """``state_dict``/``load_state_dict`` of an ``nn.Module`` that also carry the optimisers named in
+    ``OPTIMIZERS`` (a checkpoint resumes training exactly, Adam moments included)."""
+
+    OPTIMIZERS: tuple[str, ...] = ()
+
+    def state_dict(self, *args, **kwargs):  # noqa: D102 - adds optimiser states to the module's
+        state = {"modules": super().state_dict(*args, **kwargs)}
+        state["optimizers"] = {name: getattr(self, name).state_dict() for name in self.OPTIMIZERS}
+        return state
+
+    def load_state_dict(self, state, strict: bool = True):  # noqa: D102
+        super().load_state_dict(state["modules"], strict=strict)
+        for name, optim_state in state["optimizers"].items():
+            # torch.optim keeps same-device state tensors by reference: copy, or two agents share Adam moments
+            optim = getattr(self, name)
+            optim.load_state_dict(copy.deepcopy(optim_state))
+            for group in optim.param_groups:  # states saved before foreach=True carry foreach=None
+                group["foreach"] = True
+
+
+class SAC(_OptimizersInStateDict, nn.Module):
     """SAC with a tanh-Gaussian actor, twin Q critics and automatic entropy tuning.
 
     All of the learning rule is TorchRL's :class:`~torchrl.objectives.SACLoss` (v2, no value network) and
@@ -274,6 +295,8 @@ class SAC(nn.Module):
                                              lr=critic_lr, foreach=True)
         self.alpha_optim = torch.optim.Adam([self.loss_module.log_alpha], lr=alpha_lr, foreach=True)
 
+    OPTIMIZERS = ("actor_optim", "critic_optim", "alpha_optim")
+
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         """One gradient step on actor, critics and temperature, then a soft target update.
 
@@ -297,18 +320,3 @@ class SAC(nn.Module):
         values = torch.stack([loss_actor.detach(), loss_qvalue.detach(), loss_alpha.detach(),
                               losses["alpha"], losses["entropy"]]).tolist()  # one conversion for five floats
         return dict(zip(("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"), values))
-
-    def state_dict(self, *args, **kwargs):  # noqa: D102 - adds optimiser states to the module's
-        state = {"modules": super().state_dict(*args, **kwargs)}
-        state["optimizers"] = {name: getattr(self, name).state_dict()
-                               for name in ("actor_optim", "critic_optim", "alpha_optim")}
-        return state
-
-    def load_state_dict(self, state, strict: bool = True):  # noqa: D102
-        super().load_state_dict(state["modules"], strict=strict)
-        for name, optim_state in state["optimizers"].items():
-            # torch.optim keeps same-device state tensors by reference: copy, or two agents share Adam moments
-            optim = getattr(self, name)
-            optim.load_state_dict(copy.deepcopy(optim_state))
-            for group in optim.param_groups:  # states saved before foreach=True carry foreach=None
-                group["foreach"] = True

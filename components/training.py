@@ -31,7 +31,9 @@ MOPO_HYPERPARAMETERS: dict[str, tuple[int, float]] = {
 DEFAULT_MOPO_HYPERPARAMETERS = (5, 1.0)
 """``(h, λ)`` for datasets outside the table (e.g. the expert sets): MOPO's most common values."""
 
-__all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy", "file_lock",
+__all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "resolve_model_settings",
+           "parse_dataclass_args", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
+           "file_lock",
            "fit_or_load_ensemble", "plot_learning_curve"]
 
 
@@ -53,6 +55,37 @@ def dataset_env_id(dataset: str, env_id: str = "") -> tuple[str, str]:
         env_id = (DATASET_RECIPES[dataset].env_id if dataset in DATASET_RECIPES
                   else minari.load_dataset(dataset).spec.env_spec.id)
     return dataset, env_id
+
+
+def resolve_model_settings(args):
+    """Fills a model-based example's dataset-dependent defaults; returns a new dataclass of the same type.
+
+    ``args`` is a dataclass with ``dataset``, ``env_id``, ``termination_fn``, ``horizon`` (0: MOPO's value for the
+    dataset), ``penalty_coef`` (negative: MOPO's value), ``ensemble_seed`` (negative: ``seed``) and ``seed``.
+    """
+    import dataclasses
+
+    dataset, env_id = dataset_env_id(args.dataset, args.env_id)
+    horizon, penalty_coef = mopo_hyperparameters(dataset)
+    return dataclasses.replace(
+        args, dataset=dataset, env_id=env_id, termination_fn=args.termination_fn or env_id.split("-")[0].lower(),
+        horizon=args.horizon or horizon, penalty_coef=penalty_coef if args.penalty_coef < 0 else args.penalty_coef,
+        ensemble_seed=args.seed if args.ensemble_seed < 0 else args.ensemble_seed)
+
+
+def parse_dataclass_args(cls, argv: Sequence[str] | None = None, description: str | None = None):
+    """Parses ``--field-name VALUE`` for every field of the dataclass ``cls`` (typed by its default) into a ``cls``.
+
+    Each field's attribute docstring is not visible to argparse; ``description`` (the script's docstring) is shown
+    by ``--help``.
+    """
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(cls):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    return cls(**vars(parser.parse_args(argv)))
 
 
 def discounted_returns_to_go(data: TensorDictBase, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:

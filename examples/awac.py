@@ -17,7 +17,6 @@ with its constructor arguments) and ``result.json`` (the learning benchmark's ce
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -34,7 +33,7 @@ from torchrl.record.loggers import get_logger
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC
 from cmbrl.components.training import (critic_values, dataset_env_id, evaluate_policy, file_lock, make_q_probe,
-                                       plot_learning_curve)
+                                       parse_dataclass_args, plot_learning_curve)
 
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
@@ -170,10 +169,7 @@ def _train(args: Args, out: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Args):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ and ``result.json`` whose history starts with the AWAC policy's own score at ste
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -50,8 +49,8 @@ from torchrl.record.loggers import get_logger
 import awac as stage_one
 from cmbrl import ConservativeModelEnv, load_dataset
 from cmbrl.agents import AWAC
-from cmbrl.components.training import (critic_values, dataset_env_id, evaluate_policy, fit_or_load_ensemble,
-                                       make_q_probe, mopo_hyperparameters, plot_learning_curve)
+from cmbrl.components.training import (critic_values, evaluate_policy, fit_or_load_ensemble, make_q_probe,
+                                       parse_dataclass_args, plot_learning_curve, resolve_model_settings)
 
 RESUMABLE = {"iterations", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "awac_out"}
 KEYS = stage_one.KEYS
@@ -126,13 +125,9 @@ class Args:
 
 
 def resolve_settings(args: Args) -> Args:
-    dataset, env_id = dataset_env_id(args.dataset, args.env_id)
-    horizon, penalty_coef = mopo_hyperparameters(dataset)
-    return dataclasses.replace(
-        args, dataset=dataset, env_id=env_id, termination_fn=args.termination_fn or env_id.split("-")[0].lower(),
-        horizon=args.horizon or horizon, penalty_coef=penalty_coef if args.penalty_coef < 0 else args.penalty_coef,
-        ensemble_seed=args.seed if args.ensemble_seed < 0 else args.ensemble_seed,
-        awac_out=args.awac_out or str(Path(args.out) / "awac"))
+    """Fills the dataset-dependent defaults (environment, termination, λ, h, stage one's folder)."""
+    args = resolve_model_settings(args)
+    return dataclasses.replace(args, awac_out=args.awac_out or str(Path(args.out) / "awac"))
 
 
 def make_model_buffer(transitions_per_iteration: int, num_retained_iterations: int) -> ReplayBuffer:
@@ -270,10 +265,7 @@ def main(args: Args) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Args):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, __doc__)
 
 
 if __name__ == "__main__":

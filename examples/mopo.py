@@ -20,7 +20,6 @@ benchmark's cell contract, see ``benchmarks/learning.py``) under ``--out``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -35,9 +34,8 @@ from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.record.loggers import get_logger
 
 from cmbrl import SAC, ConservativeModelEnv, load_dataset
-from cmbrl.components.training import (critic_values, dataset_env_id,
-                                       evaluate_policy, fit_or_load_ensemble, make_q_probe, mopo_hyperparameters,
-                                       plot_learning_curve)
+from cmbrl.components.training import (critic_values, evaluate_policy, fit_or_load_ensemble, make_q_probe,
+                                       parse_dataclass_args, plot_learning_curve, resolve_model_settings)
 
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
@@ -62,9 +60,9 @@ class Args:
     clip_observations: int = 0
     """1: clip predicted observations to the data's range (after termination is judged); MOPO and Kit: 0."""
     penalty_coef: float = -1.0
-    """λ; negative: OfflineRL-Kit's value for this dataset (cmbrl.components.training.MOPO_HYPERPARAMETERS)."""
+    """λ; negative: OfflineRL-Kit's value for this dataset (components.training.MOPO_HYPERPARAMETERS)."""
     horizon: int = 0
-    """Model rollout length h; 0: OfflineRL-Kit's value for this dataset (cmbrl.components.training.MOPO_HYPERPARAMETERS)."""
+    """Model rollout length h; 0: OfflineRL-Kit's value for this dataset (components.training.MOPO_HYPERPARAMETERS)."""
     real_ratio: float = 0.05
     """Share of each SAC batch drawn from the dataset (MOPO/MBPO 0.05); the rest is model data."""
     num_steps: int = 30_000
@@ -109,12 +107,7 @@ class Args:
 
 def resolve_settings(args: Args) -> Args:
     """Fills the dataset-dependent defaults (environment, termination function, λ, h); returns a new Args."""
-    dataset, env_id = dataset_env_id(args.dataset, args.env_id)
-    horizon, penalty_coef = mopo_hyperparameters(dataset)
-    return dataclasses.replace(
-        args, dataset=dataset, env_id=env_id, termination_fn=args.termination_fn or env_id.split("-")[0].lower(),
-        horizon=args.horizon or horizon, penalty_coef=penalty_coef if args.penalty_coef < 0 else args.penalty_coef,
-        ensemble_seed=args.seed if args.ensemble_seed < 0 else args.ensemble_seed)
+    return resolve_model_settings(args)
 
 
 def main(args: Args) -> dict:
@@ -234,10 +227,7 @@ def main(args: Args) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Args):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, __doc__)
 
 
 if __name__ == "__main__":
