@@ -2,6 +2,10 @@
 from .awac import AWAC, AWACLoss, make_mixture_actor
 from .bc import BC
 from .distributions import TanhGaussianMixture
+from .explorers import (EXPLORERS, OptimisticExplorer, SwitchableExplorer, ensemble_qvalues, make_explorer,
+                        make_explorers)
 from .sac import SAC, make_sac_actor
 
-__all__ = ["SAC", "make_sac_actor", "BC", "AWAC", "AWACLoss", "make_mixture_actor", "TanhGaussianMixture"]
+__all__ = ["SAC", "make_sac_actor", "BC", "AWAC", "AWACLoss", "make_mixture_actor", "TanhGaussianMixture",
+           "EXPLORERS", "OptimisticExplorer", "SwitchableExplorer", "ensemble_qvalues", "make_explorer",
+           "make_explorers"]

@@ -75,6 +75,8 @@ BUDGETS: dict[str, dict[str, dict]] = {
         "awac": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1},
         "mb2po": {"iterations": 2, "updates_per_iteration": 100, "eval_every": 1, "eval_episodes": 1,
                   "awac_steps": 200, "max_transitions": 10_000, "rollout_batch_size": 1_000, "ensemble_max_epochs": 5},
+        # finetune: num_steps counts online env steps (UTD 1), after offline_steps AWAC updates (5 critics)
+        "finetune": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1, "offline_steps": 200},
     },
     "short": {  # ~15 min per MOPO cell on 2 busy CPU cores (examples/mopo.py's defaults)
         "*": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
@@ -83,6 +85,8 @@ BUDGETS: dict[str, dict[str, dict]] = {
         "awac": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
         # MB2PO: 30 iterations of 1000 updates (10k rollouts of h steps each) after the awac cell's 30k steps
         "mb2po": {"iterations": 30, "eval_every": 5, "eval_episodes": 5, "awac_steps": 30_000},
+        # O3F-style fine-tuning: 30k offline updates, then 50k env steps at UTD 1 (~45 ms per step: ~40 min)
+        "finetune": {"num_steps": 50_000, "eval_every": 5_000, "eval_episodes": 5, "offline_steps": 30_000},
     },
     "full": {  # the papers' budgets: 1M gradient steps, the whole dataset, 10 evaluation episodes
         "*": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10},
@@ -93,6 +97,8 @@ BUDGETS: dict[str, dict[str, dict]] = {
         # MB2PO: 500 iterations of 1000 updates, 1M model transitions per iteration (200k rollouts of h = 5)
         "mb2po": {"iterations": 500, "eval_every": 10, "eval_episodes": 10, "awac_steps": 500_000,
                   "max_transitions": 0, "rollout_batch_size": 200_000},
+        # CORL's AWAC fine-tuning budget: 1M offline updates, then 1M online env steps (O3F states none)
+        "finetune": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10, "offline_steps": 1_000_000},
     },
 }
 """``budget -> algo -> example arguments`` (``"*"``: algorithms not listed)."""
