@@ -77,6 +77,8 @@ BUDGETS: dict[str, dict[str, dict]] = {
                   "awac_steps": 200, "max_transitions": 10_000, "rollout_batch_size": 1_000, "ensemble_max_epochs": 5},
         # finetune: num_steps counts online env steps (UTD 1), after offline_steps AWAC updates (5 critics)
         "finetune": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1, "offline_steps": 200},
+        "combo": {"num_steps": 200, "eval_every": 100, "eval_episodes": 1, "max_transitions": 10_000,
+                  "rollout_batch_size": 1_000, "ensemble_max_epochs": 5},
     },
     "short": {  # ~15 min per MOPO cell on 2 busy CPU cores (examples/mopo.py's defaults)
         "*": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
@@ -87,6 +89,10 @@ BUDGETS: dict[str, dict[str, dict]] = {
         "mb2po": {"iterations": 30, "eval_every": 5, "eval_episodes": 5, "awac_steps": 30_000},
         # O3F-style fine-tuning: 30k offline updates, then 50k env steps at UTD 1 (~45 ms per step: ~40 min)
         "finetune": {"num_steps": 50_000, "eval_every": 5_000, "eval_episodes": 5, "offline_steps": 30_000},
+        # COMBO: MOPO's budget in gradient steps; each costs ~6x a MOPO step (~125 ms: n = 10 actions x 3 sources
+        # at the 128 model states through 3 x 256 critics; MOPO's SAC has 2 x 256; benchmarks/combo_step.py):
+        # ~1.2 h per cell
+        "combo": {"num_steps": 30_000, "eval_every": 5_000, "eval_episodes": 5},
     },
     "full": {  # the papers' budgets: 1M gradient steps, the whole dataset, 10 evaluation episodes
         "*": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10},
@@ -99,6 +105,9 @@ BUDGETS: dict[str, dict[str, dict]] = {
                   "max_transitions": 0, "rollout_batch_size": 200_000},
         # CORL's AWAC fine-tuning budget: 1M offline updates, then 1M online env steps (O3F states none)
         "finetune": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10, "offline_steps": 1_000_000},
+        # COMBO (OfflineRL-Kit run_combo.py): 1000 epochs of 1000 steps, 50k rollouts every epoch
+        "combo": {"num_steps": 1_000_000, "eval_every": 10_000, "eval_episodes": 10, "max_transitions": 0,
+                  "rollout_batch_size": 50_000},
     },
 }
 """``budget -> algo -> example arguments`` (``"*"``: algorithms not listed)."""

@@ -1,4 +1,5 @@
 """cmbrl: conservative model-based offline RL, with the learned model MDP as a TorchRL environment."""
+from cmbrl.agents import COMBO, COMBOLoss
 from cmbrl.agents import (AWAC, BC, SAC, OptimisticExplorer, SwitchableExplorer, make_explorers, make_mixture_actor,
                           make_sac_actor)
 from cmbrl.components import (DATASET_RECIPES, PENALTIES, TERMINATION_FNS, DynamicsEnsemble, collect_dataset,
@@ -7,5 +8,5 @@ from cmbrl.envs import ConservativeModelEnv, GymVectorModelEnv, ModelEnv, Uncert
 
 __all__ = ["AWAC", "OptimisticExplorer", "SwitchableExplorer", "make_explorers", "make_mixture_actor", "load_dataset", "collect_dataset", "make_dataset", "DATASET_RECIPES", "SAC", "make_sac_actor", "BC", "DynamicsEnsemble", "PENALTIES", "get_penalty", "TERMINATION_FNS",
            "get_termination_fn", "ModelEnv", "UncertaintyPenalty", "ConservativeModelEnv",
-           "GymVectorModelEnv"]
+           "GymVectorModelEnv", "COMBO", "COMBOLoss"]
 __version__ = "0.1.0"

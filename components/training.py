@@ -31,16 +31,35 @@ MOPO_HYPERPARAMETERS: dict[str, tuple[int, float]] = {
 DEFAULT_MOPO_HYPERPARAMETERS = (5, 1.0)
 """``(h, λ)`` for datasets outside the table (e.g. the expert sets): MOPO's most common values."""
 
+COMBO_HYPERPARAMETERS: dict[str, tuple[int, float]] = {
+    # dataset -> (horizon h, β). OfflineRL-Kit's suggested hypers (run_example/run_combo.py docstring, D4RL v2);
+    # β is Kit's cql_weight, the scale of cmbrl.agents.COMBOLoss (twice eq. 2's β, see its docstring).
+    "halfcheetah-medium": (5, 0.5), "hopper-medium": (5, 5.0), "walker2d-medium": (1, 5.0),
+    "halfcheetah-medium-replay": (5, 0.5), "hopper-medium-replay": (5, 0.5), "walker2d-medium-replay": (1, 0.5),
+    "halfcheetah-medium-expert": (5, 5.0), "hopper-medium-expert": (5, 5.0), "walker2d-medium-expert": (1, 5.0),
+}
+"""Per-dataset COMBO rollout horizon ``h`` and conservatism ``β`` (``../shared/HYPERPARAMETERS.md`` §3)."""
+DEFAULT_COMBO_HYPERPARAMETERS = (5, 5.0)
+"""``(h, β)`` for datasets outside the table (random, expert): OfflineRL-Kit's ``run_combo.py`` defaults
+(``--rollout-length 5``, ``--cql-weight 5.0``); the COMBO paper's own table is not available here (unverified)."""
+
 __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "resolve_model_settings",
            "parse_dataclass_args", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
            "file_lock",
-           "fit_or_load_ensemble", "plot_learning_curve"]
+           "fit_or_load_ensemble", "plot_learning_curve",
+           "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model"]
 
 
 def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
     """``(horizon, penalty_coef)`` for a dataset id (``cmbrl/hopper/medium-v0`` or ``hopper-medium``)."""
     name = dataset_id.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
     return MOPO_HYPERPARAMETERS.get(name, DEFAULT_MOPO_HYPERPARAMETERS)
+
+
+def combo_hyperparameters(dataset_id: str) -> tuple[int, float]:
+    """``(horizon, beta)`` for a dataset id (``cmbrl/hopper/medium-v0`` or ``hopper-medium``)."""
+    name = dataset_id.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
+    return COMBO_HYPERPARAMETERS.get(name, DEFAULT_COMBO_HYPERPARAMETERS)
 
 
 def dataset_env_id(dataset: str, env_id: str = "") -> tuple[str, str]:
@@ -221,3 +240,149 @@ def plot_learning_curve(path: str | Path, history: Sequence[dict], title: str,
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBase, fit: dict, resumable: set[str],
+                   keys: Sequence, metric_keys: Sequence[str], title: str, penalty_coef: float = 0.0,
+                   mark_real: bool = False) -> dict:
+    """The model-based examples' loop (MOPO's Algorithm 2, COMBO's Algorithm 1): rollouts, updates, evaluations.
+
+    Every ``rollout_every`` gradient steps, ``env.rollout(horizon, agent.policy)`` (``rollout_batch_size`` model
+    rollouts from dataset states) goes into a model buffer that keeps the last ``retain_rollouts`` of them; each
+    ``agent.update`` gets a batch of ``batch_size`` transitions, ``real_ratio`` of them from the dataset
+    (``OfflineToOnlineReplayBuffer``, an exact split per batch); the actor's learning rate follows a cosine over the
+    ``num_steps // rollout_every`` epochs (``actor_lr_schedule="cosine"``, OfflineRL-Kit) or stays constant. Every
+    ``eval_every`` steps and at the end: ``eval_episodes`` deterministic episodes in ``eval_env``, the critics on a
+    fixed probe of dataset pairs against their Monte Carlo return, the last rollout's model statistics and the last
+    update's ``metric_keys``, logged (TorchRL logger ``args.logger``) and checkpointed. A checkpoint in ``args.out``
+    is resumed (only the settings in ``resumable`` may differ; the model buffer is refilled by a fresh rollout).
+
+    Args:
+        args: the example's dataclass with ``dataset``, ``seed``, ``out``, ``num_steps``, ``rollout_every``,
+            ``horizon``, ``rollout_batch_size``, ``retain_rollouts``, ``real_ratio``, ``batch_size``,
+            ``actor_lr_schedule`` (``"cosine"`` or ``"constant"``), ``eval_every``, ``eval_episodes``, ``logger``
+            and ``progress``; its type's defaults stand for settings a checkpoint predates.
+        name: the algorithm's name (progress bar; the logger's experiment is ``<name lower>_seed<seed>``).
+        agent: has ``policy``, ``actor_optim``, ``loss_module`` (for :func:`critic_values`), ``state_dict``,
+            ``load_state_dict`` and ``update(batch) -> dict of floats``.
+        env: the model MDP (``ConservativeModelEnv``): its rollouts carry ``("next", "model_reward")`` and
+            ``("next", "uncertainty")``.
+        eval_env: the real environment (TorchRL).
+        data: the dataset transitions ``(N,)``.
+        fit: the ensemble fit's report, stored in ``result.json``.
+        resumable: settings that may change when resuming.
+        keys: the transition keys stored in the buffers.
+        metric_keys: the update metrics written at each evaluation.
+        title: the learning curve's title.
+        penalty_coef: λ, for the ``model_penalty`` statistic (``λ · mean u``; 0 for an unpenalised model MDP).
+        mark_real: store the boolean ``"is_real" (·, 1)`` with every transition (``True`` for dataset rows,
+            ``False`` for model rows), so that each batch says which of its rows are real (COMBO's push-up term).
+
+    Returns:
+        The result written to ``<out>/result.json``: ``normalized_score`` (the last evaluation), ``history``,
+        ``args``, ``wall_time_s`` and ``ensemble_fit``. Also writes ``history_seed<S>.json``,
+        ``learning_curve_seed<S>.png`` and ``checkpoint_seed<S>.pt``.
+
+    Raises:
+        SystemExit: when the checkpoint was made with other settings (outside ``resumable``), or for an unknown
+            ``actor_lr_schedule``.
+    """
+    import dataclasses
+    import time
+
+    import minari
+    import tqdm
+    from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
+    from torchrl.record.loggers import get_logger
+
+    if args.actor_lr_schedule not in ("cosine", "constant"):
+        raise SystemExit(f"--actor-lr-schedule must be cosine or constant, got {args.actor_lr_schedule!r}")
+    out = Path(args.out)
+    epochs = max(1, args.num_steps // args.rollout_every)
+    actor_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(agent.actor_optim, T_max=epochs)
+                      if args.actor_lr_schedule == "cosine" else None)
+
+    # Q-value probe: fixed dataset (s, a) pairs with an exact Monte Carlo return
+    probe = make_q_probe(data, gamma=0.99)
+    probe_obs, probe_act, probe_mc = probe["observation"], probe["action"], probe["mc_return"]
+
+    def stored(transitions: TensorDictBase, real: bool) -> TensorDictBase:
+        transitions = transitions.select(*keys)
+        if mark_real:
+            transitions.set("is_real", torch.full((*transitions.shape, 1), real, dtype=torch.bool))
+        return transitions
+
+    real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]))
+    real.extend(stored(data, True))
+    buffer = OfflineToOnlineReplayBuffer(
+        real, online_capacity=args.rollout_batch_size * args.horizon * args.retain_rollouts,
+        offline_fraction=args.real_ratio, batch_size=args.batch_size)
+
+    step, history, wall = 0, [], 0.0
+    ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
+    if ckpt_path.exists():  # resume; the model buffer is refilled by a fresh rollout
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        saved = ckpt["args"]
+        defaults = dataclasses.asdict(type(args)())  # a setting added since the checkpoint was made had its default
+        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(args).items()
+                   if k not in resumable and saved.get(k, defaults[k]) != v}
+        if changed:
+            raise SystemExit(f"{ckpt_path} was made with other settings {changed} (saved, now); use another --out")
+        agent.load_state_dict(ckpt["agent"])
+        if actor_schedule is not None and "actor_schedule" in ckpt:
+            actor_schedule.load_state_dict(ckpt["actor_schedule"])
+        step, history, wall = ckpt["step"], ckpt["history"], ckpt.get("wall_time_s", 0.0)
+        torch.set_rng_state(ckpt["rng"])
+        env.set_seed(args.seed + step)
+    logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"{name.lower()}_seed{args.seed}")
+    dataset_meta = minari.load_dataset(args.dataset)
+    bar = tqdm.tqdm(total=args.num_steps, initial=step, desc=name, disable=not args.progress, mininterval=5)
+    first_step, started, model_stats = step, time.time() - wall, {}
+    while step < args.num_steps:
+        if step % args.rollout_every == 0 or step == first_step:  # (re)fill the model buffer
+            with torch.no_grad():  # rollouts carry no graph into the buffer
+                rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
+            buffer.extend(stored(rollout.reshape(-1), False))
+            uncertainty = rollout["next", "uncertainty"]
+            model_stats = {
+                "model_reward": rollout["next", "model_reward"].mean().item(),
+                "model_uncertainty": uncertainty.mean().item(),
+                "model_penalty": penalty_coef * uncertainty.mean().item(),
+                "model_penalised_reward": rollout["next", "reward"].mean().item(),
+                "model_terminated": rollout["next", "terminated"].float().mean().item(),
+                "model_saturated_actions": (rollout["action"].abs() > 0.99).float().mean().item(),
+            }
+            for key, value in model_stats.items():
+                logger.log_scalar(key, value, step=step)
+        metrics = agent.update(buffer.sample())
+        step += 1
+        bar.update()
+        if actor_schedule is not None and step % args.rollout_every == 0:
+            actor_schedule.step()
+        if step % args.eval_every == 0 or step == args.num_steps:
+            returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)
+            score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
+            q = critic_values(agent.loss_module, probe_obs, probe_act).min(0).values
+            point = {"step": step, "return": float(np.mean(returns)), "normalized_score": score,
+                     "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
+                     "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
+                     **{key: metrics[key] for key in metric_keys}, "num_nonfinite": env.num_nonfinite}
+            history.append(point)
+            for key, value in point.items():  # model_* were logged at their rollout's own step
+                if key not in model_stats:
+                    logger.log_scalar(key, value, step=step)
+            bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
+            if not args.progress:
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
+            torch.save({"agent": agent.state_dict(), "step": step, "history": history,
+                        "actor_schedule": None if actor_schedule is None else actor_schedule.state_dict(),
+                        "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                        "wall_time_s": time.time() - started}, ckpt_path)
+    bar.close()
+    result = {"normalized_score": history[-1]["normalized_score"], "history": history,
+              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit}
+    (out / f"history_seed{args.seed}.json").write_text(json.dumps(history, indent=1))
+    plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history, title)
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
+    return result
