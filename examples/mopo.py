@@ -21,21 +21,14 @@ benchmark's cell contract, see ``benchmarks/learning.py``) under ``--out``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from pathlib import Path
 
-import minari
-import numpy as np
 import torch
-import tqdm
-from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
-from torchrl.record.loggers import get_logger
 
 from cmbrl import SAC, ConservativeModelEnv, load_dataset
-from cmbrl.components.training import (critic_values, evaluate_policy, fit_or_load_ensemble, make_q_probe,
-                                       parse_dataclass_args, plot_learning_curve, resolve_model_settings)
+from cmbrl.components.training import (fit_or_load_ensemble, parse_dataclass_args, resolve_model_settings,
+                                       train_in_model)
 
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
@@ -139,91 +132,10 @@ def main(args: Args) -> dict:
     eval_env.set_seed(args.seed)
     agent = SAC(obs_dim, act_dim, actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr,
                 seed=args.seed)
-    epochs = max(1, args.num_steps // args.rollout_every)
-    actor_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(agent.actor_optim, T_max=epochs)
-                      if args.actor_lr_schedule == "cosine" else None)
-
-    # Q-value probe: fixed dataset (s, a) pairs with an exact Monte Carlo return
-    probe = make_q_probe(data, gamma=0.99)
-    probe_obs, probe_act, probe_mc = probe["observation"], probe["action"], probe["mc_return"]
-
-    real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]))
-    real.extend(data.select(*KEYS))
-    buffer = OfflineToOnlineReplayBuffer(
-        real, online_capacity=args.rollout_batch_size * args.horizon * args.retain_rollouts,
-        offline_fraction=args.real_ratio, batch_size=args.batch_size)
-
-    step, history, wall = 0, [], 0.0
-    ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
-    if ckpt_path.exists():  # resume; the model buffer is refilled by a fresh rollout
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        saved = ckpt["args"]
-        defaults = dataclasses.asdict(Args())  # a setting added since the checkpoint was made had its default
-        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(args).items()
-                   if k not in RESUMABLE and saved.get(k, defaults[k]) != v}
-        if changed:
-            raise SystemExit(f"{ckpt_path} was made with other settings {changed} (saved, now); use another --out")
-        agent.load_state_dict(ckpt["agent"])
-        if actor_schedule is not None and "actor_schedule" in ckpt:
-            actor_schedule.load_state_dict(ckpt["actor_schedule"])
-        step, history, wall = ckpt["step"], ckpt["history"], ckpt.get("wall_time_s", 0.0)
-        torch.set_rng_state(ckpt["rng"])
-        env.set_seed(args.seed + step)
-    logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"mopo_seed{args.seed}")
-    dataset_meta = minari.load_dataset(args.dataset)
-    bar = tqdm.tqdm(total=args.num_steps, initial=step, desc="MOPO", disable=not args.progress, mininterval=5)
-    first_step, started, model_stats = step, time.time() - wall, {}
-    while step < args.num_steps:
-        if step % args.rollout_every == 0 or step == first_step:  # (re)fill the model buffer
-            with torch.no_grad():  # rollouts carry no graph into the buffer
-                rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
-            buffer.extend(rollout.reshape(-1).select(*KEYS))
-            uncertainty = rollout["next", "uncertainty"]
-            model_stats = {
-                "model_reward": rollout["next", "model_reward"].mean().item(),
-                "model_uncertainty": uncertainty.mean().item(),
-                "model_penalty": args.penalty_coef * uncertainty.mean().item(),
-                "model_penalised_reward": rollout["next", "reward"].mean().item(),
-                "model_terminated": rollout["next", "terminated"].float().mean().item(),
-                "model_saturated_actions": (rollout["action"].abs() > 0.99).float().mean().item(),
-            }
-            for key, value in model_stats.items():
-                logger.log_scalar(key, value, step=step)
-        metrics = agent.update(buffer.sample())
-        step += 1
-        bar.update()
-        if actor_schedule is not None and step % args.rollout_every == 0:
-            actor_schedule.step()
-        if step % args.eval_every == 0 or step == args.num_steps:
-            returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)
-            score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
-            q = critic_values(agent.loss_module, probe_obs, probe_act).min(0).values
-            point = {"step": step, "return": float(np.mean(returns)), "normalized_score": score,
-                     "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
-                     "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
-                     "alpha": metrics["alpha"], "entropy": metrics["entropy"], "loss_qvalue": metrics["loss_qvalue"],
-                     "loss_actor": metrics["loss_actor"], "num_nonfinite": env.num_nonfinite}
-            history.append(point)
-            for key, value in point.items():  # model_* were logged at their rollout's own step
-                if key not in model_stats:
-                    logger.log_scalar(key, value, step=step)
-            bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
-            if not args.progress:
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
-            torch.save({"agent": agent.state_dict(), "step": step, "history": history,
-                        "actor_schedule": None if actor_schedule is None else actor_schedule.state_dict(),
-                        "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
-                        "wall_time_s": time.time() - started}, ckpt_path)
-    bar.close()
-    result = {"normalized_score": history[-1]["normalized_score"], "history": history,
-              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit}
-    (out / f"history_seed{args.seed}.json").write_text(json.dumps(history, indent=1))
-    plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
-                        f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, h={args.horizon}, "
-                        f"seed {args.seed})")
-    (out / "result.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
-    return result
+    return train_in_model(
+        args, name="MOPO", agent=agent, env=env, eval_env=eval_env, data=data, fit=fit, resumable=RESUMABLE,
+        keys=KEYS, metric_keys=("alpha", "entropy", "loss_qvalue", "loss_actor"), penalty_coef=args.penalty_coef,
+        title=f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, h={args.horizon}, seed {args.seed})")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
