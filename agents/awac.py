@@ -26,27 +26,15 @@ from torchrl.modules import MLP, ProbabilisticActor
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _vmap_func
 
+from ._common import (_ActorCriticLoss, _Learner, check_bounds, check_count, check_dims, check_tau, critic_rows,
+                      seeded)
 from .distributions import TanhGaussianMixture
-from .sac import (_ForeachSoftUpdate, _OptimizersInStateDict, _RowChunkedSequential, _TensorDictModule, _ValueOperator,
-                  make_sac_actor)
+from .sac import _ForeachSoftUpdate, _RowChunkedSequential, _TensorDictModule, _ValueOperator, make_sac_actor
 
 __all__ = ["AWAC", "AWACLoss", "MixtureParams", "make_mixture_actor"]
 
 WEIGHTINGS = ("exp_clamp", "batch_softmax")
 ACTORS = ("mixture", "tanh_normal")
-
-
-def _check_bounds(action_dim: int, low: float | torch.Tensor, high: float | torch.Tensor):
-    low = torch.as_tensor(low, dtype=torch.float32)
-    high = torch.as_tensor(high, dtype=torch.float32)
-    for name, bound in (("action_low", low), ("action_high", high)):
-        if bound.ndim > 1 or (bound.ndim == 1 and bound.shape[0] != action_dim):
-            raise ValueError(f"{name} must be a scalar or have shape ({action_dim},), got shape {tuple(bound.shape)}")
-    low, high = low.expand(action_dim).clone(), high.expand(action_dim).clone()
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
-        raise ValueError(f"action bounds must be finite with action_low < action_high, got {low.tolist()}, "
-                         f"{high.tolist()}")
-    return low, high
 
 
 class MixtureParams(nn.Module):
@@ -110,11 +98,10 @@ def make_mixture_actor(
     Raises:
         ValueError: for non-positive sizes, ``log_std_min >= log_std_max`` or bad action bounds.
     """
-    if observation_dim <= 0 or action_dim <= 0:
-        raise ValueError(f"observation_dim and action_dim must be positive, got {observation_dim}, {action_dim}")
+    check_dims(observation_dim, action_dim)
     if num_components < 1:
         raise ValueError(f"num_components must be >= 1, got {num_components}")
-    low, high = _check_bounds(action_dim, action_low, action_high)
+    low, high = check_bounds(action_dim, action_low, action_high)
     net = _RowChunkedSequential(
         MLP(in_features=observation_dim, out_features=num_components * (1 + 2 * action_dim),
             num_cells=list(hidden_sizes), activation_class=nn.ReLU),
@@ -132,34 +119,7 @@ def make_mixture_actor(
     )
 
 
-def _stacked_mlp_plan(qvalue_network: TensorDictModule, params: TensorDictParams):
-    """How to run ``qvalue_network`` on its stacked ``(N, ...)`` parameters with batched matmuls, or ``None``.
-
-    Applies when the critic is a TensorDictModule around a TorchRL :class:`~torchrl.modules.MLP` (inputs
-    concatenated in ``in_keys`` order) of ``nn.Linear`` layers and parameter-free elementwise/last-dimension layers
-    (ReLU, Tanh, ...). Returns a list whose items are either ``(weight_key, bias_key | None)`` or a layer to apply.
-    """
-    module = getattr(qvalue_network, "module", None)
-    if not isinstance(qvalue_network, TensorDictModule):
-        return None
-    if not isinstance(module, MLP) or module._reshape_out or len(qvalue_network.out_keys) != 1:
-        return None
-    keys = set(params.keys(True, True))
-    plan = []
-    for name, layer in module.named_children():
-        if isinstance(layer, nn.Linear):
-            weight, bias = ("module", name, "weight"), ("module", name, "bias")
-            if weight not in keys:
-                return None
-            plan.append((weight, bias if layer.bias is not None else None))
-        elif next(layer.parameters(), None) is not None or next(layer.buffers(), None) is not None:
-            return None
-        else:
-            plan.append(layer)
-    return plan
-
-
-class AWACLoss(LossModule):
+class AWACLoss(_ActorCriticLoss, LossModule):
     r"""AWAC loss: clipped double-Q TD learning plus advantage-weighted maximum likelihood for the actor.
 
     Nair et al., "AWAC: Accelerating Online Reinforcement Learning with Offline Datasets",
@@ -272,8 +232,7 @@ class AWACLoss(LossModule):
         num_action_samples: int = 1,
         target_subset_size: int | None = None,
     ) -> None:
-        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}")
+        check_count("num_qvalue_nets", num_qvalue_nets)
         if isinstance(qvalue_network, Sequence) and len(qvalue_network) != num_qvalue_nets:
             raise ValueError(f"got {len(qvalue_network)} critics for num_qvalue_nets={num_qvalue_nets}")
         if not 0.0 <= gamma <= 1.0:
@@ -284,8 +243,7 @@ class AWACLoss(LossModule):
             raise ValueError(f"weight must be one of {WEIGHTINGS}, got {weight!r}")
         if max_weight is not None and not max_weight > 0:
             raise ValueError(f"max_weight must be positive or None, got {max_weight!r}")
-        if not isinstance(num_action_samples, int) or num_action_samples < 1:
-            raise ValueError(f"num_action_samples must be an integer >= 1, got {num_action_samples!r}")
+        check_count("num_action_samples", num_action_samples)
         if target_subset_size is not None and (not isinstance(target_subset_size, int)
                                                or not 1 <= target_subset_size <= num_qvalue_nets):
             raise ValueError(f"target_subset_size must be None or an integer in [1, num_qvalue_nets="
@@ -299,36 +257,16 @@ class AWACLoss(LossModule):
         self.weight, self.num_action_samples = weight, num_action_samples
         self.max_weight = None if max_weight is None else float(max_weight)
         self.target_subset_size = target_subset_size
-        self._actor_shared = self._actor_params_shared()
-        self._plan = _stacked_mlp_plan(self.qvalue_network, self.qvalue_network_params)
+        self._init_fast_paths()
         self._vmap_qnetwork = _vmap_func(self.qvalue_network, (None, 0), randomness=self.vmap_randomness)
-
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass  # no value estimator: the one-step target is computed in forward
 
     @property
     def in_keys(self) -> list[NestedKey]:  # noqa: D102
-        keys = self.tensor_keys
-        obs_keys = [k for k in (*self.actor_network.in_keys, *self.qvalue_network.in_keys) if k != keys.action]
-        obs_keys = list(dict.fromkeys(obs_keys))
-        return [*obs_keys, keys.action, *[("next", k) for k in obs_keys], ("next", keys.reward),
-                ("next", keys.terminated)]
+        return self._transition_in_keys()
 
     @property
     def out_keys(self) -> list[str]:  # noqa: D102
         return ["loss_actor", "loss_qvalue", "advantage", "weight_mean", "weight_max", "q_data", "log_prob"]
-
-    def _actor_params_shared(self) -> bool:
-        """Whether ``actor_network_params`` are the actor module's own tensors (so no swap is needed to run it)."""
-        params = {".".join(key): value for key, value in self.actor_network_params.items(True, True)}
-        own = dict(self.actor_network.named_parameters())
-        own.update(self.actor_network.named_buffers())
-        return params.keys() == own.keys() and all(params[key] is own[key] for key in own)
-
-    def _apply(self, *args, **kwargs):  # device/dtype casts may replace parameter tensors: check the sharing again
-        out = super()._apply(*args, **kwargs)
-        self._actor_shared = self._actor_params_shared()
-        return out
 
     def _dist(self, tensordict: TensorDictBase):
         """The actor's distribution at the states of ``tensordict`` (read-only: works on a shallow selection)."""
@@ -363,26 +301,12 @@ class AWACLoss(LossModule):
                 params = params[subset]
             td = TensorDict(dict(zip(self.qvalue_network.in_keys, inputs)), batch_size=batch)
             return self._vmap_qnetwork(td, params).get(self.qvalue_network.out_keys[0]).squeeze(-1)
-        # MLP critics: one batched matmul per layer over the stacked (N, out, in) weights, what vmap computes
-        # without its per-call dispatch (~1 ms less per call on CPU for 3 x 256 twin critics)
-        x = torch.cat(inputs, -1).reshape(-1, sum(t.shape[-1] for t in inputs)) if len(inputs) > 1 \
-            else inputs[0].reshape(-1, inputs[0].shape[-1])
-        n = self.num_qvalue_nets if subset is None else subset.shape[0]
-        x = x.expand(n, *x.shape)
-        for step in self._plan:
-            if isinstance(step, tuple):
-                weight = params.get(step[0])
-                bias = None if step[1] is None else params.get(step[1])
-                if subset is not None:
-                    weight, bias = weight[subset], None if bias is None else bias[subset]
-                x = torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
-            else:
-                x = step(x)
-        return x.reshape(n, *batch)
+        # MLP critics: one batched matmul per layer over the stacked (N, out, in) weights
+        q = self._stacked_qvalues(critic_rows(inputs), params, subset)
+        return q.reshape(q.shape[0], *batch)
 
     def _target(self, tensordict: TensorDictBase) -> torch.Tensor:
         """The critics' regression target ``y (*B)`` (no gradients)."""
-        keys = self.tensor_keys
         next_td = tensordict.get("next")
         with torch.no_grad():
             next_action = self._dist(next_td).sample()
@@ -390,9 +314,7 @@ class AWACLoss(LossModule):
             if self.target_subset_size is not None and self.target_subset_size < self.num_qvalue_nets:
                 subset = torch.randperm(self.num_qvalue_nets, device=next_action.device)[:self.target_subset_size]
             next_value = self.qvalues(next_td, next_action, self.target_qvalue_network_params, subset).min(0)[0]
-            reward = next_td.get(keys.reward).squeeze(-1)
-            not_terminated = 1.0 - next_td.get(keys.terminated).squeeze(-1).to(reward.dtype)
-            return reward + self.gamma * not_terminated * next_value
+            return self._one_step_target(next_td, next_value)
 
     def _weights(self, advantage: torch.Tensor) -> torch.Tensor:
         """AWAC weights ``w(s, a)`` from advantages ``(*B)`` (no gradients)."""
@@ -408,11 +330,10 @@ class AWACLoss(LossModule):
         action = tensordict.get(self.tensor_keys.action)
         target = self._target(tensordict)
         q_data = self.qvalues(tensordict, action, self.qvalue_network_params)  # (N, *B), grads to the critics
-        loss_qvalue = (q_data - target).pow(2).sum(0).mean()
+        loss_qvalue = self._bellman_loss(tensordict, q_data, target)  # also writes the priority
         dist = self._dist(tensordict)
         log_prob = dist.log_prob(action)  # (*B), grads to the actor
         with torch.no_grad():
-            tensordict.set(self.tensor_keys.priority, (q_data - target).abs().max(0)[0])
             q_data = q_data.min(0)[0]
             sampled = dist.sample((self.num_action_samples,))  # (n, *B, A)
             value = self.qvalues(tensordict, sampled, self.qvalue_network_params).min(0)[0].mean(0)
@@ -422,15 +343,8 @@ class AWACLoss(LossModule):
         return (loss_actor, loss_qvalue, advantage.mean(), weights.mean(), weights.max(), q_data.mean(),
                 log_prob.detach().mean())
 
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Computes both losses and the diagnostics (see the class docstring) for a batch of shape ``(*B)``."""
-        values = self._losses(tensordict)
-        self._clear_weakrefs(tensordict, "actor_network_params", "qvalue_network_params",
-                             "target_qvalue_network_params")
-        return TensorDict(dict(zip(self.out_keys, values)), batch_size=[])
 
-
-class AWAC(_OptimizersInStateDict, nn.Module):
+class AWAC(_Learner, nn.Module):
     """AWAC with a tanh-squashed Gaussian-mixture actor (MB2PO) or a tanh-Gaussian actor, and twin critics.
 
     The learning rule is :class:`AWACLoss` (clipped double-Q TD learning without entropy; advantage-weighted log
@@ -524,19 +438,14 @@ class AWAC(_OptimizersInStateDict, nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if observation_dim <= 0 or action_dim <= 0:
-            raise ValueError(f"observation_dim and action_dim must be positive, got {observation_dim}, {action_dim}")
+        check_dims(observation_dim, action_dim)
         if actor not in ACTORS:
             raise ValueError(f"actor must be one of {ACTORS}, got {actor!r}")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}")
-        low, high = _check_bounds(action_dim, action_low, action_high)
+        check_tau(tau)
+        check_count("num_qvalue_nets", num_qvalue_nets)
+        low, high = check_bounds(action_dim, action_low, action_high)
         self.observation_dim, self.action_dim = observation_dim, action_dim
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):
             if actor == "mixture":
                 self.policy = make_mixture_actor(observation_dim, action_dim, actor_hidden_sizes, num_components,
                                                  low, high, log_std_min, log_std_max)
@@ -551,11 +460,7 @@ class AWAC(_OptimizersInStateDict, nn.Module):
                 weight=weight, max_weight=max_weight, num_action_samples=num_action_samples,
                 target_subset_size=target_subset_size)
         self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
-        # foreach: the multi-tensor Adam, bit-identical to the default single-tensor loop on CPU and faster
-        self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(),
-                                            lr=actor_lr, foreach=True)
-        self.critic_optim = torch.optim.Adam(self.loss_module.qvalue_network_params.flatten_keys().values(),
-                                             lr=critic_lr, foreach=True)
+        self._make_optimizers(actor_lr, critic_lr)
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         """One gradient step on actor and critics, then a soft target update.
@@ -570,14 +475,6 @@ class AWAC(_OptimizersInStateDict, nn.Module):
             ``min_j Q_j(s, a)``) and ``log_prob`` (mean ``log π(a|s)`` of the batch's actions, nats).
         """
         values = self.loss_module._losses(batch)  # forward() without building the output TensorDict
-        optims = (self.actor_optim, self.critic_optim)
-        for optim in optims:  # Optimizer.zero_grad(set_to_none=True) without its profiler scope
-            for group in optim.param_groups:
-                for param in group["params"]:
-                    param.grad = None
-        (values[0] + values[1]).backward()
-        for optim in optims:
-            optim.step()
-        self.target_updater.step()
+        self._step(values[0] + values[1])
         return dict(zip(self.METRICS, torch.stack([v.detach() for v in values]).tolist()))
 

@@ -31,8 +31,9 @@ from torchrl.modules import MLP
 from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives import SACLoss
 
-from .awac import _check_bounds, _stacked_mlp_plan
-from .sac import _ForeachSoftUpdate, _OptimizersInStateDict, _ValueOperator, make_sac_actor
+from ._common import (_ActorCriticLoss, _Learner, check_bounds, check_count, check_dims, check_tau, critic_rows,
+                      seeded)
+from .sac import _ForeachSoftUpdate, _ValueOperator, make_sac_actor
 
 __all__ = ["COMBO", "COMBOLoss", "PRIORS", "RHOS"]
 
@@ -43,7 +44,7 @@ RHOS = ("model", "mixed")
 
 
 def _relu_chain(plan) -> bool:
-    """Whether a stacked-MLP plan (``awac._stacked_mlp_plan``) is ``Linear (+ bias), ReLU, ..., Linear`` with biases."""
+    """Whether a stacked-MLP plan (``_stacked_mlp_plan``) is ``Linear (+ bias), ReLU, ..., Linear`` with biases."""
     if plan is None or len(plan) % 2 == 0:
         return False
     linear = all(isinstance(step, tuple) and step[1] is not None for step in plan[::2])
@@ -148,7 +149,7 @@ class _StackedReluMLP(torch.autograd.Function):
         return (None, grad_x, *grads)
 
 
-class COMBOLoss(SACLoss):
+class COMBOLoss(_ActorCriticLoss, SACLoss):
     r"""COMBO's loss: SAC's actor and temperature losses and a conservative critic loss (COMBO eq. 2, CQL(H)).
 
     Yu et al., "COMBO: Conservative Offline Model-Based Policy Optimization", https://arxiv.org/abs/2102.08363.
@@ -293,10 +294,8 @@ class COMBOLoss(SACLoss):
         target_entropy: str | float = "auto",
         action_spec=None,
     ) -> None:
-        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}")
-        if not isinstance(num_action_samples, int) or isinstance(num_action_samples, bool) or num_action_samples < 1:
-            raise ValueError(f"num_action_samples must be an integer >= 1, got {num_action_samples!r}")
+        check_count("num_qvalue_nets", num_qvalue_nets)
+        check_count("num_action_samples", num_action_samples, allow_bool=False)
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if rho not in RHOS:
@@ -344,8 +343,7 @@ class COMBOLoss(SACLoss):
             self.prior_actor_network_params = TensorDictParams(self.actor_network_params.data.clone(),
                                                                no_convert=True)
         self._dist_param_keys = self._find_dist_param_keys(actor_network)
-        self._actor_shared = self._actor_params_shared()
-        self._plan = _stacked_mlp_plan(self.qvalue_network, self.qvalue_network_params)
+        self._init_fast_paths()
         self._fused = _relu_chain(self._plan) and self.qvalue_network.module[-1].out_features == 1
         self._workspace: dict = {}  # the fused critics' backward buffers (see _StackedReluMLP)
 
@@ -360,32 +358,13 @@ class COMBOLoss(SACLoss):
             raise ValueError(f"actor_network must contain a ProbabilisticTensorDictModule, got {actor_network}")
         return list(modules[-1].in_keys)
 
-    def _actor_params_shared(self) -> bool:
-        """Whether ``actor_network_params`` are the actor module's own tensors (so no swap is needed to run it)."""
-        params = {".".join(key): value for key, value in self.actor_network_params.items(True, True)}
-        own = dict(self.actor_network.named_parameters())
-        own.update(self.actor_network.named_buffers())
-        return params.keys() == own.keys() and all(params[key] is own[key] for key in own)
-
-    def _apply(self, *args, **kwargs):  # device/dtype casts may replace parameter tensors: check the sharing again
-        out = super()._apply(*args, **kwargs)
-        self._actor_shared = self._actor_params_shared()
-        return out
-
     def make_value_estimator(self, value_type=None, **hyperparams):  # noqa: D102
         raise NotImplementedError("COMBOLoss uses the one-step target with the gamma given to its constructor; "
                                   "it has no value estimator to replace")
 
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass  # no value estimator: the one-step target is computed in forward
-
     @property
     def in_keys(self) -> list[NestedKey]:  # noqa: D102
-        keys = self.tensor_keys
-        obs_keys = [k for k in (*self.actor_network.in_keys, *self.qvalue_network.in_keys) if k != keys.action]
-        obs_keys = list(dict.fromkeys(obs_keys))
-        return [*obs_keys, keys.action, keys.is_real, *[("next", k) for k in obs_keys], ("next", keys.reward),
-                ("next", keys.terminated)]
+        return self._transition_in_keys(self.tensor_keys.is_real)
 
     @in_keys.setter
     def in_keys(self, values):
@@ -446,25 +425,14 @@ class COMBOLoss(SACLoss):
             td = TensorDict(dict(zip(self.qvalue_network.in_keys, tensors)), batch_size=batch)
             out = self._vmap_qnetworkN0(td, params.detach() if detach else params)
             return out.get(self.qvalue_network.out_keys[0]).squeeze(-1)
-        x = torch.cat(tensors, -1) if len(tensors) > 1 else tensors[0]
-        x = x.reshape(-1, x.shape[-1])
-        n = self.num_qvalue_nets
+        x = critic_rows(tensors)
         if self._fused:  # Linear/ReLU critics: one autograd node with a lean backward (_StackedReluMLP)
             flat = [t for step in self._plan[::2] for t in (params.get(step[0]), params.get(step[1]))]
             if detach:
                 flat = [t.detach() for t in flat]
-            return _StackedReluMLP.apply(self._workspace, x, *flat).reshape(n, *batch)
-        x = x.expand(n, *x.shape)
-        for step in self._plan:  # one batched matmul per layer over the stacked (N, out, in) weights
-            if isinstance(step, tuple):
-                weight = params.get(step[0])
-                bias = None if step[1] is None else params.get(step[1])
-                if detach:
-                    weight, bias = weight.detach(), None if bias is None else bias.detach()
-                x = torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
-            else:
-                x = step(x)
-        return x.reshape(n, *batch)
+            return _StackedReluMLP.apply(self._workspace, x, *flat).reshape(self.num_qvalue_nets, *batch)
+        # other MLP critics: one batched matmul per layer over the stacked (N, out, in) weights
+        return self._stacked_qvalues(x, params, detach=detach).reshape(self.num_qvalue_nets, *batch)
 
     # ------------------------------------------------------------------------------------------------------------
     # the loss
@@ -545,10 +513,7 @@ class COMBOLoss(SACLoss):
             next_value = self.qvalues(next_inputs, next_action, self.target_qvalue_network_params)
             if not self.deterministic_backup:
                 next_value = next_value - alpha * next_log_prob
-            next_value = next_value.min(0)[0]
-            reward = next_td.get(keys.reward).reshape(-1)
-            not_terminated = (~next_td.get(keys.terminated).reshape(-1).bool()).int()
-            target = reward + self.gamma * not_terminated * next_value  # TD(0), as TorchRL's td0_return_estimate
+            target = self._one_step_target(next_td, next_value.min(0)[0])
 
         # actor (eq. 3 with SAC's entropy): its distribution's parameters also give the π(·|s) samples below
         actor_td = TensorDict({k: tensordict.get(k) for k in actor_keys}, batch_size=tensordict.batch_size)
@@ -561,9 +526,7 @@ class COMBOLoss(SACLoss):
 
         # Bellman error on d_f (all rows)
         q_data = self.qvalues(inputs, tensordict.get(keys.action), self.qvalue_network_params)  # (N, B)
-        loss_qvalue = (q_data - target).pow(2).sum(0).mean()
-        with torch.no_grad():
-            tensordict.set(keys.priority, (q_data - target).abs().max(0)[0])
+        loss_qvalue = self._bellman_loss(tensordict, q_data, target)  # also writes the priority
 
         # CQL(H) push-down at ρ's states: 3n actions per state
         actions, log_density = self._cql_actions(tensordict, actor_td, next_actor_td, rho_rows)
@@ -587,15 +550,8 @@ class COMBOLoss(SACLoss):
         return (loss_actor, loss_qvalue, loss_cql, loss_alpha, loss_beta, alpha, -log_prob.mean(), beta.detach(),
                 gap.detach().mean(), pushup.detach().mean(), pushdown.detach().mean(), policy_gap)
 
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Computes the losses and diagnostics (see the class docstring) for a batch of shape ``(B,)``."""
-        values = self._losses(tensordict)
-        self._clear_weakrefs(tensordict, "actor_network_params", "qvalue_network_params",
-                             "target_qvalue_network_params")
-        return TensorDict(dict(zip(self.METRICS, values)), batch_size=[])
 
-
-class COMBO(_OptimizersInStateDict, nn.Module):
+class COMBO(_Learner, nn.Module):
     """COMBO with a tanh-Gaussian actor and twin critics: :class:`COMBOLoss`, three (four) Adams, a soft update.
 
     The component the examples use like :class:`~cmbrl.agents.sac.SAC`: ``metrics = agent.update(batch)`` runs one
@@ -697,20 +653,15 @@ class COMBO(_OptimizersInStateDict, nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if observation_dim <= 0 or action_dim <= 0:
-            raise ValueError(f"observation_dim and action_dim must be positive, got {observation_dim}, {action_dim}")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-        if not isinstance(prior_update_interval, int) or prior_update_interval < 1:
-            raise ValueError(f"prior_update_interval must be an integer >= 1, got {prior_update_interval!r}")
+        check_dims(observation_dim, action_dim)
+        check_tau(tau)
+        check_count("prior_update_interval", prior_update_interval)
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min must be < log_std_max, got {log_std_min}, {log_std_max}")
-        low, high = _check_bounds(action_dim, action_low, action_high)
+        low, high = check_bounds(action_dim, action_low, action_high)
         self.observation_dim, self.action_dim = observation_dim, action_dim
         self.prior_update_interval = prior_update_interval
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):
             self.policy = make_sac_actor(observation_dim, action_dim, hidden_sizes, low, high,
                                          log_std_bounds=(log_std_min, log_std_max))
             qnet = MLP(in_features=observation_dim + action_dim, out_features=1, num_cells=list(hidden_sizes),
@@ -724,12 +675,7 @@ class COMBO(_OptimizersInStateDict, nn.Module):
                 action_spec=self.policy.spec["action"])
         self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        # foreach: the multi-tensor Adam, bit-identical to the default single-tensor loop on CPU and faster
-        self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(),
-                                            lr=actor_lr, foreach=True)
-        self.critic_optim = torch.optim.Adam(self.loss_module.qvalue_network_params.flatten_keys().values(),
-                                             lr=critic_lr, foreach=True)
-        self.alpha_optim = torch.optim.Adam([self.loss_module.log_alpha], lr=alpha_lr, foreach=True)
+        self._make_optimizers(actor_lr, critic_lr, alpha_lr)
         self.OPTIMIZERS = ("actor_optim", "critic_optim", "alpha_optim")
         if learn_beta:
             self.beta_optim = torch.optim.Adam([self.loss_module.log_beta], lr=beta_lr, foreach=True)
@@ -748,15 +694,7 @@ class COMBO(_OptimizersInStateDict, nn.Module):
             ``cql_gap``, ``q_data``, ``q_pushdown`` and ``policy_gap`` (reward units).
         """
         values = self.loss_module._losses(batch)  # forward() without building the output TensorDict
-        optims = [getattr(self, name) for name in self.OPTIMIZERS]
-        for optim in optims:  # Optimizer.zero_grad(set_to_none=True) without its profiler scope
-            for group in optim.param_groups:
-                for param in group["params"]:
-                    param.grad = None
-        (values[0] + values[1] + values[2] + values[3] + values[4]).backward()
-        for optim in optims:
-            optim.step()
-        self.target_updater.step()
+        self._step(values[0] + values[1] + values[2] + values[3] + values[4])
         self.num_updates += 1
         if self.loss_module.prior == "previous_policy" and int(self.num_updates) % self.prior_update_interval == 0:
             self.loss_module.update_prior()

@@ -5,8 +5,6 @@ tuning), and "Soft Actor-Critic: Off-Policy Maximum Entropy Deep RL with a Stoch
 """
 from __future__ import annotations
 
-import copy
-
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +14,8 @@ from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
+
+from ._common import _Learner, check_dims, seeded
 
 __all__ = ["SAC", "make_sac_actor", "ClampedLogStdNormalParams"]
 
@@ -163,28 +163,7 @@ def make_sac_actor(
     )
 
 
-class _OptimizersInStateDict:
-    """``state_dict``/``load_state_dict`` of an ``nn.Module`` that also carry the optimisers named in
-    ``OPTIMIZERS`` (a checkpoint resumes training exactly, Adam moments included)."""
-
-    OPTIMIZERS: tuple[str, ...] = ()
-
-    def state_dict(self, *args, **kwargs):  # noqa: D102 - adds optimiser states to the module's
-        state = {"modules": super().state_dict(*args, **kwargs)}
-        state["optimizers"] = {name: getattr(self, name).state_dict() for name in self.OPTIMIZERS}
-        return state
-
-    def load_state_dict(self, state, strict: bool = True):  # noqa: D102
-        super().load_state_dict(state["modules"], strict=strict)
-        for name, optim_state in state["optimizers"].items():
-            # torch.optim keeps same-device state tensors by reference: copy, or two agents share Adam moments
-            optim = getattr(self, name)
-            optim.load_state_dict(copy.deepcopy(optim_state))
-            for group in optim.param_groups:  # states saved before foreach=True carry foreach=None
-                group["foreach"] = True
-
-
-class SAC(_OptimizersInStateDict, nn.Module):
+class SAC(_Learner, nn.Module):
     """SAC with a tanh-Gaussian actor, twin Q critics and automatic entropy tuning.
 
     All of the learning rule is TorchRL's :class:`~torchrl.objectives.SACLoss` (v2, no value network) and
@@ -264,17 +243,14 @@ class SAC(_OptimizersInStateDict, nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if observation_dim <= 0 or action_dim <= 0:
-            raise ValueError(f"observation_dim and action_dim must be positive, got {observation_dim}, {action_dim}")
+        check_dims(observation_dim, action_dim)
         if (log_std_min is None) != (log_std_max is None):
             raise ValueError("log_std_min and log_std_max must both be numbers or both be None")
         if max_alpha is not None and not max_alpha > 0:
             raise ValueError(f"max_alpha must be positive or None, got {max_alpha}")
         self.observation_dim, self.action_dim = observation_dim, action_dim
         log_std_bounds = None if log_std_min is None else (log_std_min, log_std_max)
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):
             self.policy = make_sac_actor(observation_dim, action_dim, hidden_sizes, action_low, action_high,
                                          log_std_bounds=log_std_bounds)
             qnet = MLP(in_features=observation_dim + action_dim, out_features=1, num_cells=list(hidden_sizes),
@@ -288,12 +264,7 @@ class SAC(_OptimizersInStateDict, nn.Module):
         self.loss_module.make_value_estimator(gamma=gamma)
         _ = self.loss_module.target_entropy  # registers the lazily-created buffer so state dicts always match
         self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
-        # foreach: the multi-tensor Adam, bit-identical to the default single-tensor loop on CPU and faster
-        self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(),
-                                            lr=actor_lr, foreach=True)
-        self.critic_optim = torch.optim.Adam(self.loss_module.qvalue_network_params.flatten_keys().values(),
-                                             lr=critic_lr, foreach=True)
-        self.alpha_optim = torch.optim.Adam([self.loss_module.log_alpha], lr=alpha_lr, foreach=True)
+        self._make_optimizers(actor_lr, critic_lr, alpha_lr)
 
     OPTIMIZERS = ("actor_optim", "critic_optim", "alpha_optim")
 
@@ -308,15 +279,7 @@ class SAC(_OptimizersInStateDict, nn.Module):
         """
         losses = self.loss_module(batch)
         loss_actor, loss_qvalue, loss_alpha = losses["loss_actor"], losses["loss_qvalue"], losses["loss_alpha"]
-        optims = (self.actor_optim, self.critic_optim, self.alpha_optim)
-        for optim in optims:  # Optimizer.zero_grad(set_to_none=True) without its profiler scope
-            for group in optim.param_groups:
-                for param in group["params"]:
-                    param.grad = None
-        (loss_actor + loss_qvalue + loss_alpha).backward()
-        for optim in optims:
-            optim.step()
-        self.target_updater.step()
+        self._step(loss_actor + loss_qvalue + loss_alpha)
         values = torch.stack([loss_actor.detach(), loss_qvalue.detach(), loss_alpha.detach(),
                               losses["alpha"], losses["entropy"]]).tolist()  # one conversion for five floats
         return dict(zip(("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"), values))

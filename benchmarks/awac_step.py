@@ -15,7 +15,8 @@ back with one ``tolist()``. Given cmbrl's weights and the same RNG state it retu
 Timing blocks of ``--steps`` steps alternate between the two ``--rounds`` times (after a warm-up), so that the
 noise of a shared machine hits both; the medians per step are compared. The default clock is the process's CPU
 time (``time.process_time``), which time slices lost to other processes do not inflate; ``--clock wall`` measures
-elapsed time (use it with ``--threads`` > 1, where CPU time adds up the threads).
+elapsed time (use it with ``--threads`` > 1, where CPU time adds up the threads). The harness (batches, blocks,
+medians, printing) is ``_timing.py``, shared with the other step benchmarks.
 
     python benchmarks/awac_step.py [--steps 300] [--rounds 5] [--obs-dim 11] [--act-dim 3] [--batch-size 256]
                                    [--threads 1] [--clock cpu|wall]
@@ -26,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
+from _timing import add_timing_args, linear_params, make_batches, setup, time_against_floor
 from cmbrl.agents import AWAC
 
 HIDDEN = (256, 256, 256)
@@ -42,37 +42,13 @@ GAMMA, TAU, LR, TEMPERATURE, MAX_WEIGHT = 0.99, 0.005, 3e-4, 1 / 3, 20.0
 TANH_EPS = 1e-6
 
 
-def make_batches(n: int, batch_size: int, obs_dim: int, act_dim: int, seed: int = 0) -> list[TensorDict]:
-    g = torch.Generator().manual_seed(seed)
-    return [TensorDict({
-        "observation": torch.randn(batch_size, obs_dim, generator=g),
-        "action": (torch.rand(batch_size, act_dim, generator=g) * 2.2 - 1.1).clamp(-1, 1),  # some on the bounds
-        "next": {"observation": torch.randn(batch_size, obs_dim, generator=g),
-                 "reward": torch.randn(batch_size, 1, generator=g),
-                 "terminated": torch.rand(batch_size, 1, generator=g) < 0.05,
-                 "done": torch.zeros(batch_size, 1, dtype=torch.bool)}}, batch_size=[batch_size])
-        for _ in range(n)]
-
-
-def _linear_params(sizes, stack: int | None = None):
-    """Weights ``(out, in)`` (or ``(stack, out, in)``) and biases with nn.Linear's default initialisation."""
-    params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        bound = 1 / math.sqrt(fan_in)
-        shape = (fan_out, fan_in) if stack is None else (stack, fan_out, fan_in)
-        b_shape = (fan_out,) if stack is None else (stack, 1, fan_out)
-        params += [torch.empty(shape).uniform_(-bound, bound).requires_grad_(),
-                   torch.empty(b_shape).uniform_(-bound, bound).requires_grad_()]
-    return params
-
-
 class FloorAWAC:
     """The AWAC step in plain torch with the computation of ``cmbrl.AWAC`` (see the module docstring)."""
 
     def __init__(self, obs_dim: int, act_dim: int, num_q: int = 2):
         self.act_dim, self.num_q, self.k = act_dim, num_q, NUM_COMPONENTS
-        self.actor = _linear_params((obs_dim, *HIDDEN, self.k * (1 + 2 * act_dim)))
-        self.critic = _linear_params((obs_dim + act_dim, *HIDDEN, 1), stack=num_q)
+        self.actor = linear_params((obs_dim, *HIDDEN, self.k * (1 + 2 * act_dim)))
+        self.critic = linear_params((obs_dim + act_dim, *HIDDEN, 1), stack=num_q)
         self.target = [p.detach().clone() for p in self.critic]
         self.optims = [torch.optim.Adam(self.actor, lr=LR, foreach=True),
                        torch.optim.Adam(self.critic, lr=LR, foreach=True)]
@@ -168,57 +144,22 @@ def check_equal(obs_dim: int, act_dim: int, batches: list[TensorDict], steps: in
     return worst
 
 
-def time_block(update, batches, steps: int, clock=time.process_time) -> float:
-    """Milliseconds per call of ``update`` over ``steps`` calls cycling through ``batches``."""
-    start = clock()
-    for i in range(steps):
-        update(batches[i % len(batches)])
-    return (clock() - start) / steps * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="steps per timing block")
-    parser.add_argument("--rounds", type=int, default=5, help="timing blocks per contender (interleaved)")
-    parser.add_argument("--obs-dim", type=int, default=11)
-    parser.add_argument("--act-dim", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=30, help="untimed steps of each before timing")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or elapsed time")
+    add_timing_args(parser, steps=300, rounds=5, warmup=30)
     parser.add_argument("--no-check", action="store_true", help="skip the equality check against the floor")
     args = parser.parse_args()
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    setup(args.threads)
 
-    batches = make_batches(64, args.batch_size, args.obs_dim, args.act_dim)
+    batches = make_batches(64, args.batch_size, args.obs_dim, args.act_dim, action_spread=1.1)  # some on the bounds
     if not args.no_check:
         diff = check_equal(args.obs_dim, args.act_dim, batches)
         print(f"check: largest relative metric difference cmbrl vs floor over 5 steps: {diff:.2e}")
         if diff > 1e-4:
             raise SystemExit("the floor does not compute what cmbrl.AWAC computes")
     floor = FloorAWAC(args.obs_dim, args.act_dim)
-    start = time.perf_counter()
-    agent = AWAC(args.obs_dim, args.act_dim, seed=0)
-    build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    agent.update(batches[0])
-    first_s = time.perf_counter() - start
-    contenders = {"floor": floor.update, "cmbrl": agent.update}
-    for update in contenders.values():
-        time_block(update, batches, args.warmup)
-    times = {name: [] for name in contenders}
-    for _ in range(args.rounds):
-        for name, update in contenders.items():
-            times[name].append(time_block(update, batches, args.steps, clock))
-    med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"O={args.obs_dim} A={args.act_dim} batch={args.batch_size} hidden={HIDDEN} K={NUM_COMPONENTS} "
-          f"threads={args.threads} steps={args.steps} rounds={args.rounds} clock={args.clock}")
-    print(f"cmbrl.AWAC: construction {build_s * 1e3:.0f} ms, first update {first_s * 1e3:.0f} ms")
-    for name, t in times.items():
-        print(f"{name:>6}: median {med[name]:.2f} ms/step  (blocks: {', '.join(f'{x:.2f}' for x in t)})")
-    print(f"floor={med['floor']:.2f}ms cmbrl={med['cmbrl']:.2f}ms ratio={med['floor'] / med['cmbrl']:.3f}")
+    time_against_floor(floor.update, lambda: AWAC(args.obs_dim, args.act_dim, seed=0), batches, args,
+                       f"hidden={HIDDEN} K={NUM_COMPONENTS}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ sizes, whatever the code.
 
 Timing blocks of ``--steps`` steps alternate between the contenders ``--rounds`` times (after a warm-up), so the
 noise of a shared machine hits all; medians per step are compared. The clock is the process's CPU time
-(``time.process_time``) by default; ``--clock wall`` for elapsed time.
+(``time.process_time``) by default; ``--clock wall`` for elapsed time. The harness (batches, blocks, medians,
+printing) is ``_timing.py``, shared with the other step benchmarks.
 
     python benchmarks/combo_step.py [--steps 30] [--rounds 5] [--hidden 256 256] [--batch-size 256]
         [--num-action-samples 10] [--rho model|mixed] [--prior uniform|previous_policy] [--learn-beta]
@@ -26,17 +27,11 @@ bound=<(sac + matmuls) / sac>``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
+from _timing import CLOCKS, add_timing_args, interleaved, make_batches, on_batches, print_blocks, setup
 from cmbrl import COMBO, SAC
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sac_step import make_batches, time_block  # noqa: E402
 
 
 class RegulariserMatmuls:
@@ -71,24 +66,15 @@ class RegulariserMatmuls:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30, help="steps per timing block")
-    parser.add_argument("--rounds", type=int, default=5, help="timing blocks per contender (interleaved)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each before timing")
+    add_timing_args(parser, steps=30, rounds=5, warmup=5)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    parser.add_argument("--obs-dim", type=int, default=11)
-    parser.add_argument("--act-dim", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--real-ratio", type=float, default=0.5, help="share of rows marked real (COMBO 0.5)")
     parser.add_argument("--num-action-samples", type=int, default=10)
     parser.add_argument("--rho", choices=("model", "mixed"), default="model")
     parser.add_argument("--prior", choices=("uniform", "previous_policy"), default="uniform")
     parser.add_argument("--learn-beta", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or elapsed time")
     args = parser.parse_args()
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    setup(args.threads)
 
     batches = make_batches(64, args.batch_size, args.obs_dim, args.act_dim)
     num_real = round(args.real_ratio * args.batch_size)
@@ -101,20 +87,14 @@ def main() -> None:
     rho_states = args.batch_size - num_real if args.rho == "model" else args.batch_size
     matmuls = RegulariserMatmuls(3 * args.num_action_samples * rho_states,
                                  [args.obs_dim + args.act_dim, *hidden, 1])
-    contenders = {"sac": sac.update, "combo": combo.update, "matmuls": matmuls.update}
-    for update in contenders.values():
-        time_block(update, batches, args.warmup)
-    times = {name: [] for name in contenders}
-    for _ in range(args.rounds):
-        for name, update in contenders.items():
-            times[name].append(time_block(update, batches, args.steps, clock))
-    med = {name: statistics.median(t) for name, t in times.items()}
+    contenders = {name: (on_batches(update, batches), args.steps)
+                  for name, update in (("sac", sac.update), ("combo", combo.update), ("matmuls", matmuls.update))}
+    times, med = interleaved(contenders, args.rounds, CLOCKS[args.clock], warmup=args.warmup)
     print(f"O={args.obs_dim} A={args.act_dim} batch={args.batch_size} real={num_real} hidden={hidden} "
           f"n={args.num_action_samples} rho={args.rho} ({rho_states} states) prior={args.prior} "
           f"learn_beta={args.learn_beta} threads={args.threads} steps={args.steps} rounds={args.rounds} "
           f"clock={args.clock}")
-    for name, t in times.items():
-        print(f"{name:>8}: median {med[name]:.2f} ms/step  (blocks: {', '.join(f'{x:.2f}' for x in t)})")
+    print_blocks(times, med, width=8)
     print(f"sac={med['sac']:.2f}ms combo={med['combo']:.2f}ms combo/sac={med['combo'] / med['sac']:.2f} "
           f"matmuls={med['matmuls']:.2f}ms bound={(med['sac'] + med['matmuls']) / med['sac']:.2f}")
 

@@ -14,7 +14,8 @@ dimensions (O=11, A=3):
 
 Blocks of ``--calls`` calls alternate between the contenders ``--rounds`` times after a warm-up; medians per call
 are reported. The clock is the process's CPU time (``time.process_time``, not inflated by time slices lost to other
-processes on a shared machine) with one torch thread.
+processes on a shared machine) with one torch thread. The harness is ``_timing.py``, shared with the step
+benchmarks.
 
     python benchmarks/explorer_speed.py [--candidates 100] [--batch-states 1000] [--calls 200] [--rounds 5]
 
@@ -28,13 +29,12 @@ o3f / update = 0.117. The batched O3F is compute bound (5 critics x 101 actions 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from _timing import interleaved, make_batches, on_batches, setup
 from cmbrl.agents import AWAC, make_explorer
 
 
@@ -49,22 +49,14 @@ def main() -> None:
     parser.add_argument("--act-dim", type=int, default=3)
     parser.add_argument("--critics", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    setup(threads=1)
     o, a = args.obs_dim, args.act_dim
     agent = AWAC(o, a, num_qvalue_nets=args.critics, target_subset_size=min(2, args.critics), seed=0)
     explorers = {name: make_explorer(name, agent.policy, agent, num_candidates=args.candidates)
                  for name in ("none", "gaussian", "o3f")}
     one = TensorDict({"observation": torch.randn(o)}, batch_size=[])
     many = TensorDict({"observation": torch.randn(args.batch_states, o)}, batch_size=[args.batch_states])
-    g = torch.Generator().manual_seed(0)
-    n = 256
-    batches = [TensorDict({"observation": torch.randn(n, o, generator=g),
-                           "action": torch.rand(n, a, generator=g) * 2 - 1,
-                           "next": {"observation": torch.randn(n, o, generator=g),
-                                    "reward": torch.randn(n, 1, generator=g),
-                                    "terminated": torch.zeros(n, 1, dtype=torch.bool),
-                                    "done": torch.zeros(n, 1, dtype=torch.bool)}}, batch_size=[n]) for _ in range(8)]
+    batches = make_batches(8, 256, o, a, terminal_rate=0.0)
 
     def acting(explorer, td):
         def call(i):
@@ -75,19 +67,8 @@ def main() -> None:
     contenders = {f"{name} (1 state)": (acting(e, one), args.calls) for name, e in explorers.items()}
     contenders |= {f"{name} ({args.batch_states} states)": (acting(e, many), max(1, args.calls // 100))
                    for name, e in explorers.items()}
-    contenders["AWAC update (batch 256)"] = (lambda i: agent.update(batches[i % len(batches)]),
-                                             max(1, args.calls // 10))
-    times = {name: [] for name in contenders}
-    for name, (call, calls) in contenders.items():  # warm-up
-        for i in range(max(1, calls // 10)):
-            call(i)
-    for _ in range(args.rounds):
-        for name, (call, calls) in contenders.items():
-            start = time.process_time()
-            for i in range(calls):
-                call(i)
-            times[name].append((time.process_time() - start) / calls * 1e3)
-    median = {name: statistics.median(ts) for name, ts in times.items()}
+    contenders["AWAC update (batch 256)"] = (on_batches(agent.update, batches), max(1, args.calls // 10))
+    _, median = interleaved(contenders, args.rounds)  # CPU time; warm-up: a tenth of each block
     print(f"O={o} A={a}, {args.critics} critics 3x256, N={args.candidates}, 1 thread, CPU time, median of "
           f"{args.rounds} blocks")
     for name, ms in median.items():

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import distributions as D
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -267,15 +266,7 @@ def test_awac_argument_errors(kwargs, match):
 # --- the component ---------------------------------------------------------------------------------------------
 
 
-def _mlp(x, layers):
-    for i, (w, b) in enumerate(layers):
-        x = F.linear(x, w, b)
-        if i < len(layers) - 1:
-            x = torch.relu(x)
-    return x
-
-
-def test_update_is_the_awac_rule():
+def test_update_is_the_awac_rule(mlp):
     """One update against a hand-written AWAC step: metrics, every gradient, the target update."""
     obs_dim, act_dim, k, n, gamma, tau, temperature = 5, 2, 3, 16, 0.99, 0.005, 0.01
     agent = AWAC(obs_dim, act_dim, num_components=k, hidden_sizes=(16, 16), actor_hidden_sizes=(16, 16),
@@ -293,7 +284,7 @@ def test_update_is_the_awac_rule():
     metrics = agent.update(data.clone())
 
     def actor(obs):
-        x = _mlp(obs, list(zip(actor_params[::2], actor_params[1::2])))
+        x = mlp(obs, list(zip(actor_params[::2], actor_params[1::2])))
         logits, rest = x.split([k, 2 * k * act_dim], -1)
         loc, log_std = rest.unflatten(-1, (k, 2, act_dim)).unbind(-2)
         return logits, loc, log_std.clamp(-5.0, 2.0).exp()
@@ -305,7 +296,7 @@ def test_update_is_the_awac_rule():
 
     def q(obs, action, params):  # (2, *batch)
         x = torch.cat([obs.expand(*action.shape[:-1], -1), action], -1)
-        return torch.stack([_mlp(x, [(params[j][i], params[j + 1][i]) for j in range(0, len(params), 2)])
+        return torch.stack([mlp(x, [(params[j][i], params[j + 1][i]) for j in range(0, len(params), 2)])
                             for i in range(2)]).squeeze(-1)
 
     obs, action, nxt = data["observation"], data["action"], data["next"]

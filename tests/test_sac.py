@@ -121,14 +121,6 @@ def test_legacy_head_and_argument_checks():
         ClampedLogStdNormalParams(2.0, -5.0)
 
 
-def _mlp(x, layers):
-    for i, (w, b) in enumerate(layers):
-        x = F.linear(x, w, b)
-        if i < len(layers) - 1:
-            x = torch.relu(x)
-    return x
-
-
 def _tanh_normal_sample(loc, scale, eps):
     pre = loc + eps * scale
     log_prob = (-eps.pow(2) / 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -136,7 +128,7 @@ def _tanh_normal_sample(loc, scale, eps):
     return torch.tanh(pre), log_prob
 
 
-def test_update_is_the_sac_v2_rule():
+def test_update_is_the_sac_v2_rule(mlp):
     """One update against a hand-written SAC v2 step: losses, every gradient, the target update."""
     obs_dim, act_dim, n, gamma, tau = 5, 2, 8, 0.99, 0.005
     agent = SAC(obs_dim, act_dim, hidden_sizes=(16, 16), alpha_init=0.5, seed=0)
@@ -152,12 +144,12 @@ def test_update_is_the_sac_v2_rule():
     metrics = agent.update(data.clone())
 
     def actor(obs):
-        loc, log_std = _mlp(obs, list(zip(actor_params[::2], actor_params[1::2]))).chunk(2, -1)
+        loc, log_std = mlp(obs, list(zip(actor_params[::2], actor_params[1::2]))).chunk(2, -1)
         return loc, log_std.clamp(-5.0, 2.0).exp()
 
     def q(obs, action, params):  # (2, n)
         x = torch.cat([obs, action], -1)
-        return torch.stack([_mlp(x, [(params[j][i], params[j + 1][i]) for j in range(0, len(params), 2)])
+        return torch.stack([mlp(x, [(params[j][i], params[j + 1][i]) for j in range(0, len(params), 2)])
                             for i in range(2)]).squeeze(-1)
 
     alpha = log_alpha.detach().exp()
