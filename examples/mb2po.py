@@ -19,9 +19,11 @@ on data collected by the last n policy iterates keeps the new policy close to th
 like TRPO's. The ω share of dataset rows adds the behaviour-regularisation towards the data's policy.
 
 Budget. The paper collects 1,000,000 model transitions per iteration (a GPU's few seconds) for 500 iterations of
-1000 updates. On 2 CPU cores a 50,000-transition rollout (10,000 starts × h 5) takes ~1 s, 1000 AWAC updates
-~15 s, so the default is 10,000 starts per iteration and 30 iterations (30k updates), with n = 100 kept: within
-this budget the buffer never drops an iteration, exactly as in the paper's first 100 iterations.
+1000 updates. On one CPU thread an AWAC update costs ~20 ms (``benchmarks/awac_step.py``), so 1000 updates take
+~20 s and dominate an iteration (one seed on hopper-medium-replay, sharing 2 loaded cores: 40–55 s per iteration);
+the default is 10,000 rollout starts per iteration (50,000 transitions at h = 5, 5 % of the paper's) and 30
+iterations (30k updates), with n = 100 kept: within this budget the buffer never drops an iteration, exactly as in
+the paper's first 100 iterations.
 
 Settings without a published value (the paper's appendix is not retrievable, ``../shared/HYPERPARAMETERS.md``
 §4): λ and h default to MOPO's per-dataset values (OfflineRL-Kit's table, same penalty); ω defaults to 0.5, an
