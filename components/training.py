@@ -252,7 +252,8 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
     ``agent.update`` gets a batch of ``batch_size`` transitions, ``real_ratio`` of them from the dataset
     (``OfflineToOnlineReplayBuffer``, an exact split per batch); the actor's learning rate follows a cosine over the
     ``num_steps // rollout_every`` epochs (``actor_lr_schedule="cosine"``, OfflineRL-Kit) or stays constant. Every
-    ``eval_every`` steps and at the end: ``eval_episodes`` deterministic episodes in ``eval_env``, the critics on a
+    ``eval_every`` steps and at the end: ``eval_episodes`` deterministic episodes in ``eval_env`` (mean, min and max
+    return: a bimodal policy, e.g. a HalfCheetah that sometimes flips over, shows as a wide spread), the critics on a
     fixed probe of dataset pairs against their Monte Carlo return, the last rollout's model statistics and the last
     update's ``metric_keys``, logged (TorchRL logger ``args.logger``) and checkpointed. A checkpoint in ``args.out``
     is resumed (only the settings in ``resumable`` may differ; the model buffer is refilled by a fresh rollout).
@@ -363,8 +364,8 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
             returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)
             score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
             q = critic_values(agent.loss_module, probe_obs, probe_act).min(0).values
-            point = {"step": step, "return": float(np.mean(returns)), "normalized_score": score,
-                     "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
+            point = {"step": step, "return": float(np.mean(returns)), "return_min": float(np.min(returns)),
+                     "return_max": float(np.max(returns)), "normalized_score": score, "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
                      "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
                      **{key: metrics[key] for key in metric_keys}, "num_nonfinite": env.num_nonfinite}
             history.append(point)

@@ -145,7 +145,8 @@ def _train(args: Args, out: Path) -> dict:
             returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)
             score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
             q = critic_values(agent.loss_module, probe["observation"], probe["action"]).min(0).values
-            point = {"step": step, "return": float(np.mean(returns)), "normalized_score": score,
+            point = {"step": step, "return": float(np.mean(returns)), "return_min": float(np.min(returns)),
+                     "return_max": float(np.max(returns)), "normalized_score": score,
                      "q_data": q.mean().item(), "mc_return": probe["mc_return"].mean().item(),
                      "q_minus_mc": (q - probe["mc_return"]).mean().item(), **metrics}
             history.append(point)

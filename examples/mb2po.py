@@ -204,7 +204,8 @@ def main(args: Args) -> dict:
     def evaluation(step: int, metrics: dict, model_stats: dict) -> dict:
         returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)
         q = critic_values(agent.loss_module, probe["observation"], probe["action"]).min(0).values
-        return {"step": step, "return": float(np.mean(returns)),
+        return {"step": step, "return": float(np.mean(returns)), "return_min": float(np.min(returns)),
+                "return_max": float(np.max(returns)),
                 "normalized_score": 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean()),
                 "q_data": q.mean().item(), "mc_return": probe["mc_return"].mean().item(),
                 "q_minus_mc": (q - probe["mc_return"]).mean().item(), **model_stats, **metrics}
