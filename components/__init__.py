@@ -1,4 +1,6 @@
 """Parts with no environment loop: dynamics ensemble, penalties, termination functions, datasets."""
+from .calibration import (CALIBRATION_ENVS, CALIBRATION_PENALTIES, calibration_data, calibration_metrics,
+                          morel_halt_threshold, simulate_transitions)
 from .datasets import DATASET_RECIPES, DatasetRecipe, collect_dataset, load_dataset, load_policy, make_dataset
 from .ensemble import DynamicsEnsemble, EnsembleLinear
 from .penalties import PENALTIES, PenaltyFn, get_penalty
@@ -6,4 +8,5 @@ from .termination import TERMINATION_FNS, TerminationFn, get_termination_fn
 
 __all__ = ["load_dataset", "collect_dataset", "make_dataset", "load_policy", "DATASET_RECIPES", "DatasetRecipe",
            "DynamicsEnsemble", "EnsembleLinear", "PENALTIES", "PenaltyFn", "get_penalty", "TERMINATION_FNS",
-           "TerminationFn", "get_termination_fn"]
+           "TerminationFn", "get_termination_fn", "CALIBRATION_ENVS", "CALIBRATION_PENALTIES", "calibration_data",
+           "calibration_metrics", "morel_halt_threshold", "simulate_transitions"]
