@@ -9,13 +9,18 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
+from tensordict.nn import (InteractionType, NormalParamExtractor, ProbabilisticTensorDictModule,
+                           ProbabilisticTensorDictSequential, TensorDictModule)
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives import SACLoss, SoftUpdate
+from torchrl.objectives.utils import distance_loss
+from torchrl.objectives.value import TD0Estimator
+from torchrl.objectives.value.functional import td0_return_estimate
 
-from ._common import _Learner, check_dims, seeded
+from ._common import _ActorCriticLoss, _Learner, check_dims, critic_rows, seeded
 
 __all__ = ["SAC", "make_sac_actor", "ClampedLogStdNormalParams"]
 
@@ -87,6 +92,143 @@ class _ForeachSoftUpdate(SoftUpdate):
     def step(self) -> None:
         torch._foreach_lerp_(list(self._targets.values(True, True)), list(self._sources.values(True, True)),
                              1 - self.eps)
+
+
+def _actor_parts(actor: nn.Module):
+    """``(network, in_keys, head)`` of an actor ``[TensorDictModule, ProbabilisticTensorDictModule]`` whose network
+    outputs are exactly the head's distribution parameters (the actor of :func:`make_sac_actor`), else ``None``."""
+    if not isinstance(actor, ProbabilisticTensorDictSequential) or len(actor.module) != 2:
+        return None
+    body, head = actor.module
+    if type(body) not in (TensorDictModule, _TensorDictModule) or not isinstance(head, ProbabilisticTensorDictModule):
+        return None
+    if list(body.out_keys) != list(head.in_keys):
+        return None
+    return body.module, list(body.in_keys), head
+
+
+class _SACLoss(_ActorCriticLoss, SACLoss):
+    """TorchRL's :class:`~torchrl.objectives.SACLoss` (v2) whose forward computes its losses on tensors.
+
+    Construction, parameters (functional actor, stacked critics, target critics), ``log α`` and its bounds, the
+    target entropy, the value estimator (γ, keys) and the keys are SACLoss's, and so are the terms: :meth:`forward`
+    evaluates, in ``SACLoss.forward``'s order (one RNG state draws the same two actions), with SACLoss's own pieces
+    (``_alpha``, ``_alpha_loss``, ``distance_loss``, ``td0_return_estimate``, the actor's distribution):
+
+    * the target ``y = TD0(r, terminated, min_j Q'_j(s', a') - α log π(a'|s'))``, ``a' ~ π(·|s')``, no gradient;
+    * ``loss_qvalue = mean_B Σ_j distance(Q_j(s, a), y)``, and ``max_j |Q_j(s, a) - y|`` written under the
+      priority key;
+    * ``loss_actor = mean(α log π(ã|s) - min_j Q_j(s, ã))``, ``ã ~ π(·|s)`` reparameterised, critic weights detached;
+    * ``loss_alpha = mean(-log α (log π(ã|s) + target entropy))``, ``alpha`` and ``entropy = -mean log π(ã|s)``.
+
+    What it leaves out is SACLoss's per-call machinery, ~4 ms of a ~20 ms update at 256x256 networks and batch
+    256 on one CPU thread (``benchmarks/sac_step.py``):
+
+    * the stacked MLP critics run as one ``baddbmm`` per layer over their ``(N, out, in)`` weights: what SACLoss's
+      functorch ``vmap`` over the functional parameters computes, without its per-call dispatch and parameter
+      swap. ReLU critics with one output (SAC's) run as COMBOLoss's single autograd node
+      (:class:`~cmbrl.agents.combo._StackedReluMLP`), whose hand-written backward avoids autograd's slow
+      ``(N, H, B) @ (N, B, 1)`` product for the output layer's weight gradient and the copy of each transposed
+      weight gradient; other MLP critics run through autograd (``_stacked_qvalues``);
+    * the actor's network runs on the observation tensor and the actor's own ``ProbabilisticTensorDictModule``
+      class and keyword arguments build the distribution from its outputs: no parameter swap
+      (``actor_network_params`` are the actor's own tensors), no ``TensorDictModule`` read/write;
+    * no intermediate tensordicts (SACLoss clones the batch, copies ``"next"``, selects and expands the critics'
+      inputs at each of its three critic calls); :meth:`terms` also skips the output TensorDict.
+
+    What remains above a plain-torch step is what SACLoss's interface asks for: the actor's distribution object
+    (TorchRL's ``TanhNormal``, built and validated twice per update, sampled through its ``SafeTanh`` autograd
+    function and scored from the sample, where a hand-written step scores the Gaussian noise directly), ``log α``
+    projected onto its bounds at each read, and the priority (``td_error``) written into the batch.
+
+    Losses and gradients equal SACLoss's to float rounding (``tests/test_sac.py``). The fast path needs a
+    ``[TensorDictModule, ProbabilisticTensorDictModule]`` actor, MLP critics, the TD(0) estimator (without reward
+    standardisation or ``steps_to_next_obs``), ``reduction="mean"``, no ``skip_done_states`` and no priority
+    weights in the batch; otherwise ``SACLoss.forward`` runs.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        from .combo import _relu_chain, _StackedReluMLP  # combo.py builds on this module: imported once both are
+
+        super().__init__(*args, **kwargs)
+        self._actor_parts = _actor_parts(self.actor_network)
+        self._init_fast_paths()
+        self._fused = _relu_chain(self._plan) and self.qvalue_network.module[-1].out_features == 1
+        self._fused_mlp = _StackedReluMLP
+        self._workspace: dict = {}  # the fused critics' reused buffers (see _StackedReluMLP)
+
+    _forward_value_estimator_keys = SACLoss._forward_value_estimator_keys  # SACLoss keeps its value estimator
+
+    def _fast_path_applies(self, tensordict: TensorDictBase) -> bool:
+        """Whether :meth:`forward` may compute on tensors for this batch and configuration (class docstring)."""
+        estimator = self.value_estimator
+        return (self._plan is not None and self._actor_parts is not None and self._actor_shared
+                and self._version == 2 and self.reduction == "mean" and not self.skip_done_states
+                and type(estimator) is TD0Estimator and not estimator.average_rewards
+                and tensordict.get(estimator.tensor_keys.steps_to_next_obs, None) is None
+                and self._maybe_get_priority_weight(tensordict) is None)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """SACLoss's output (``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha``, ``entropy``) for a batch
+        ``(B,)``, computed on tensors when the fast path applies (see the class docstring)."""
+        if not self._fast_path_applies(tensordict):
+            return SACLoss.forward(self, tensordict)
+        return _ActorCriticLoss.forward(self, tensordict)
+
+    def terms(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
+        """The values of :meth:`forward` as a tuple in ``out_keys`` order, without the output TensorDict."""
+        if not self._fast_path_applies(tensordict):
+            out = SACLoss.forward(self, tensordict)
+            return tuple(out.get(key) for key in self.out_keys)
+        return self._losses(tensordict)
+
+    def _actor_dist(self, tensordict: TensorDictBase):
+        """The actor's distribution at the states of ``tensordict``, built by its probabilistic head."""
+        network, in_keys, head = self._actor_parts
+        outputs = network(*[tensordict.get(key) for key in in_keys])
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        params = {key[-1] if isinstance(key, tuple) else key: value for key, value in zip(head.dist_keys, outputs)}
+        return head.distribution_class(**params, **head.distribution_kwargs)
+
+    def _qvalues(self, tensordict: TensorDictBase, action: torch.Tensor, params: TensorDictBase,
+                 detach: bool = False) -> torch.Tensor:
+        """``(N, *B)`` Q-values of the stacked critics at the observations of ``tensordict`` and ``action (*B, A)``."""
+        action_key = self.tensor_keys.action
+        tensors = [action if key == action_key else tensordict.get(key) for key in self.qvalue_network.in_keys]
+        x = critic_rows(tensors)
+        if self._fused:  # Linear/ReLU critics: one autograd node with a lean backward, as COMBOLoss
+            flat = [t for step in self._plan[::2] for t in (params.get(step[0]), params.get(step[1]))]
+            if detach:
+                flat = [t.detach() for t in flat]
+            q = self._fused_mlp.apply(self._workspace, x, *flat)
+        else:
+            q = self._stacked_qvalues(x, params, detach=detach)
+        return q.reshape(self.num_qvalue_nets, *action.shape[:-1])
+
+    def _losses(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
+        """``loss_actor, loss_qvalue, loss_alpha, alpha, entropy`` (SACLoss's ``out_keys`` order) for a batch."""
+        keys = self.tensor_keys
+        estimator = self.value_estimator
+        next_td = tensordict.get("next")
+        alpha = self._alpha  # projects log α onto [min, max] first, as SACLoss
+        with torch.no_grad():  # the target (SACLoss._compute_target_v2), drawn first as in SACLoss.forward
+            next_action, next_log_prob = rsample_and_log_prob(self._actor_dist(next_td))
+            next_q = self._qvalues(next_td, next_action, self.target_qvalue_network_params)
+            next_value = (next_q - alpha * next_log_prob).min(0)[0].unsqueeze(-1)
+            done = next_td.get(estimator.tensor_keys.done)
+            terminated = next_td.get(estimator.tensor_keys.terminated, done)
+            target = td0_return_estimate(estimator.gamma, next_value, next_td.get(estimator.tensor_keys.reward),
+                                         terminated).squeeze(-1)
+        q = self._qvalues(tensordict, tensordict.get(keys.action), self.qvalue_network_params)  # (N, B)
+        loss_qvalue = distance_loss(q, target.expand_as(q), loss_function=self.loss_function).sum(0).mean()
+        with torch.no_grad():
+            tensordict.set(keys.priority, (q - target).abs().max(0)[0])
+        action, log_prob = rsample_and_log_prob(self._actor_dist(tensordict))
+        min_q = self._qvalues(tensordict, action, self.qvalue_network_params, detach=True).min(0)[0]
+        loss_actor = (alpha * log_prob - min_q).mean()
+        log_prob = log_prob.detach()
+        loss_alpha = self._alpha_loss(log_prob).mean()
+        return loss_actor, loss_qvalue, loss_alpha, alpha, -log_prob.mean()
 
 
 class ClampedLogStdNormalParams(nn.Module):
@@ -168,9 +310,11 @@ class SAC(_Learner, nn.Module):
 
     All of the learning rule is TorchRL's :class:`~torchrl.objectives.SACLoss` (v2, no value network) and
     :class:`~torchrl.objectives.SoftUpdate` (run as one foreach op); this class only owns the networks and the
-    optimisers, so that an example reads ``metrics = agent.update(batch)``. One update costs ~1.45x a plain-torch
-    SAC step on CPU (``benchmarks/sac_step.py``); the rest is TorchRL/tensordict's per-call overhead (vmap over the
-    critics, functional parameter swaps, distribution objects).
+    optimisers, so that an example reads ``metrics = agent.update(batch)``. The loss is a SACLoss subclass whose
+    forward computes SACLoss's terms on tensors (stacked critics as batched matmuls, the actor without a parameter
+    swap, no intermediate tensordicts; see ``_SACLoss``), equal to ``SACLoss.forward``'s to float rounding: one
+    update costs ~1.1x a plain-torch SAC step on one CPU thread (``benchmarks/sac_step.py``, ratio floor/cmbrl
+    0.90–0.95), against ~1.45x through ``SACLoss.forward``.
 
     The defaults are the SAC paper's (Haarnoja et al., arXiv:1812.05905, Table 1) plus the two guards every common
     implementation adds: a clamp of the actor's log σ and, as OfflineRL-Kit's MOPO, an upper bound on α.
@@ -256,7 +400,7 @@ class SAC(_Learner, nn.Module):
             qnet = MLP(in_features=observation_dim + action_dim, out_features=1, num_cells=list(hidden_sizes),
                        activation_class=nn.ReLU)
             qvalue = _ValueOperator(qnet, in_keys=["observation", "action"])
-            self.loss_module = SACLoss(
+            self.loss_module = _SACLoss(
                 self.policy, qvalue, num_qvalue_nets=num_qvalue_nets, loss_function="l2",
                 alpha_init=alpha_init, max_alpha=max_alpha, target_entropy=target_entropy,
                 action_spec=self.policy.spec["action"],
@@ -277,9 +421,8 @@ class SAC(_Learner, nn.Module):
         Returns:
             ``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha`` and ``entropy`` (nats) as floats.
         """
-        losses = self.loss_module(batch)
-        loss_actor, loss_qvalue, loss_alpha = losses["loss_actor"], losses["loss_qvalue"], losses["loss_alpha"]
+        loss_actor, loss_qvalue, loss_alpha, alpha, entropy = self.loss_module.terms(batch)
         self._step(loss_actor + loss_qvalue + loss_alpha)
-        values = torch.stack([loss_actor.detach(), loss_qvalue.detach(), loss_alpha.detach(),
-                              losses["alpha"], losses["entropy"]]).tolist()  # one conversion for five floats
+        values = torch.stack([loss_actor.detach(), loss_qvalue.detach(), loss_alpha.detach(), alpha,
+                              entropy]).tolist()  # one conversion for five floats
         return dict(zip(("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"), values))

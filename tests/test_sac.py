@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.objectives import SoftUpdate
+from torchrl.objectives import SACLoss, SoftUpdate
 
 from cmbrl import SAC
 from cmbrl.agents.sac import ClampedLogStdNormalParams, make_sac_actor
@@ -206,3 +206,45 @@ def test_actor_samples_by_default_and_chunking_is_exact():
     full = net(obs["observation"])  # grad enabled: one pass
     for x, y in zip(chunked, full):
         torch.testing.assert_close(x, y.detach())
+
+
+def test_fast_forward_equals_sacloss_forward():
+    """The tensor forward of SAC's loss against TorchRL's SACLoss.forward on an identical agent, step after step:
+    losses, α, entropy, td_error, every gradient."""
+    fast, plain = SAC(11, 3, hidden_sizes=(32, 32), alpha_init=0.5, seed=0), SAC(11, 3, hidden_sizes=(32, 32),
+                                                                                alpha_init=0.5, seed=0)
+    assert isinstance(fast.loss_module, SACLoss) and fast.loss_module._fused
+    assert fast.loss_module._fast_path_applies(batch())
+    plain.loss_module._fast_path_applies = lambda tensordict: False  # always SACLoss.forward
+
+    def params(agent):
+        loss = agent.loss_module
+        return [*loss.actor_network_params.flatten_keys().values(), *loss.qvalue_network_params.flatten_keys().values(),
+                loss.log_alpha]
+
+    for step in range(4):
+        data = batch(seed=step)
+        outs, tds, grads = [], [], []
+        for agent in (fast, plain):
+            td = data.clone()
+            torch.manual_seed(step)
+            out = agent.loss_module(td)
+            outs.append(out), tds.append(td)
+            grads.append(torch.autograd.grad(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"], params(agent)))
+        assert set(outs[0].keys()) == set(outs[1].keys()) == {"loss_actor", "loss_qvalue", "loss_alpha", "alpha",
+                                                              "entropy"}
+        for key in outs[1].keys():
+            torch.testing.assert_close(outs[0][key], outs[1][key], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(tds[0]["td_error"], tds[1]["td_error"], rtol=1e-6, atol=1e-6)
+        for mine, theirs in zip(*grads):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+        for agent in (fast, plain):  # train both on: the next comparison starts from updated weights and Adam moments
+            torch.manual_seed(100 + step)
+            agent.update(data.clone())
+    # batches or settings the tensor forward does not cover go to SACLoss.forward
+    weighted = batch()
+    weighted.set("priority_weight", torch.ones(64))
+    assert not fast.loss_module._fast_path_applies(weighted)
+    assert set(fast.update(weighted)) == {"loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"}
+    fast.loss_module.reduction = "sum"
+    assert not fast.loss_module._fast_path_applies(batch())
