@@ -16,7 +16,6 @@ OfflineRL-Kit's ``offlinerlkit/policy/model_based/combo.py`` and ``run_example/r
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +30,8 @@ from torchrl.modules import MLP
 from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives import SACLoss
 
-from ._common import (_ActorCriticLoss, _Learner, check_bounds, check_count, check_dims, check_tau, critic_rows,
-                      seeded)
+from ._common import (_ActorCriticLoss, _Learner, _relu_chain, _StackedReluMLP, check_bounds, check_count, check_dims,
+                      check_tau, critic_rows, seeded)
 from .sac import _ForeachSoftUpdate, _ValueOperator, make_sac_actor
 
 __all__ = ["COMBO", "COMBOLoss", "PRIORS", "RHOS"]
@@ -41,112 +40,6 @@ PRIORS = ("uniform", "previous_policy")
 """Priors of the push-down term's third source of actions (see :class:`COMBOLoss`)."""
 RHOS = ("model", "mixed")
 """Choices of ρ, the states of the push-down term: the model rows of the batch, or the whole mixed batch."""
-
-
-def _relu_chain(plan) -> bool:
-    """Whether a stacked-MLP plan (``_stacked_mlp_plan``) is ``Linear (+ bias), ReLU, ..., Linear`` with biases."""
-    if plan is None or len(plan) % 2 == 0:
-        return False
-    linear = all(isinstance(step, tuple) and step[1] is not None for step in plan[::2])
-    return linear and all(isinstance(step, nn.ReLU) for step in plan[1::2])
-
-
-class _StackedReluMLP(torch.autograd.Function):
-    """``(N, R)`` outputs of ``N`` stacked ReLU MLPs with one output unit on shared inputs ``x (R, F)``.
-
-    The forward is the batched matmuls of the stacked critics (``baddbmm`` per layer, ReLU in place). The backward
-    is written by hand to do less than autograd's: the ReLU mask is applied in place on the incoming gradient, the
-    one-unit output layer's weight gradient is a ``(N, 1, R) @ (N, R, H)`` product (the ``(N, H, R) @ (N, R, 1)``
-    orientation is ~20x slower on CPU) and its input gradient a broadcast product (not an outer-product ``bmm``).
-    With ``3n·B_ρ`` rows per critic this is most of a COMBO step (``benchmarks/combo_step.py``). Gradients are
-    computed only for the inputs that require them (``x``, or the weights and biases).
-
-    Memory: the ``(N, R, H)`` hidden activations and the backward's temporaries live in ``workspace`` (a dict the
-    caller keeps) and are reused from step to step, because a fresh tensor of that size costs more in page faults
-    than the product that fills it (~12 ms of a ~85 ms step at the benchmark's sizes). A saved activation buffer is
-    reused only once the graph that saved it is gone (a weak reference to its autograd node is dead); otherwise a
-    fresh tensor is allocated, so several forwards before one backward, or ``retain_graph=True``, stay correct (and
-    autograd's version counters would catch any overwrite). The backward's temporaries never leave it (the
-    gradients returned are new tensors). One thread at a time.
-
-    Args (of ``apply``): ``workspace`` (dict), ``x (R, F)``, then ``w_1, b_1, ..., w_L, b_L`` with
-    ``w_l (N, out, in)``, ``b_l (N, out)`` and ``out = 1`` for the last layer.
-    """
-
-    @staticmethod
-    def _buffer(workspace: dict, slot: int, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        key = (slot, tuple(shape), like.dtype, like.device)
-        buffer = workspace.get(key)
-        if buffer is None:
-            if len(workspace) >= 16:  # batch shapes changed: drop the old buffers rather than keep them all
-                workspace.clear()
-            buffer = workspace[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return buffer
-
-    @staticmethod
-    def _activation(workspace: dict, layer: int, shape: torch.Size, like: torch.Tensor, owner) -> torch.Tensor:
-        """A buffer for a saved activation: the workspace's when no live graph holds it, else a fresh tensor."""
-        key = ("activation", layer, tuple(shape), like.dtype, like.device)
-        entry = workspace.get(key)
-        if entry is None:
-            if len(workspace) >= 16:  # batch shapes changed: drop the old buffers rather than keep them all
-                workspace.clear()
-            entry = workspace[key] = [torch.empty(shape, dtype=like.dtype, device=like.device), None]
-        elif entry[1] is not None and entry[1]() is not None:  # still saved by a graph that may run backward
-            return torch.empty(shape, dtype=like.dtype, device=like.device)
-        entry[1] = weakref.ref(owner)
-        return entry[0]
-
-    @staticmethod
-    def forward(ctx, workspace, x, *params):
-        num_layers = len(params) // 2
-        h = x.expand(params[0].shape[0], *x.shape)
-        saved = [x]
-        keep = x.requires_grad or any(p.requires_grad for p in params)  # activations are saved for a backward
-        for layer in range(num_layers):
-            weight, bias = params[2 * layer], params[2 * layer + 1]
-            if keep and layer < num_layers - 1:
-                out = _StackedReluMLP._activation(workspace, layer, (*h.shape[:-1], weight.shape[1]), x, ctx)
-                h = torch.baddbmm(bias.unsqueeze(-2), h, weight.mT, out=out)
-            else:
-                h = torch.baddbmm(bias.unsqueeze(-2), h, weight.mT)
-            if layer < num_layers - 1:
-                h = h.relu_()
-                saved.append(h)
-        ctx.save_for_backward(*saved, *params[0::2])
-        ctx.num_layers, ctx.workspace = num_layers, workspace
-        return h.squeeze(-1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # grad (N, R)
-        num_layers = ctx.num_layers
-        saved = ctx.saved_tensors
-        activations, weights = saved[:num_layers], saved[num_layers:]  # activations[0] is x
-        needs = ctx.needs_input_grad[1:]  # x, w_1, b_1, ...
-        grads = [None] * (2 * num_layers)
-        grad_x = None
-        d = grad.unsqueeze(-1)  # (N, R, out)
-        for layer in range(num_layers - 1, -1, -1):
-            h_in = activations[layer] if layer > 0 else activations[0].expand(d.shape[0], *activations[0].shape)
-            if needs[1 + 2 * layer]:
-                grads[2 * layer] = torch.bmm(d.mT, h_in)  # (N, out, in)
-            if needs[2 + 2 * layer]:
-                grads[2 * layer + 1] = d.sum(1)
-            if layer == 0:
-                if needs[0]:  # x is shared by the critics: its gradient sums over them
-                    grad_x = torch.bmm(d, weights[0]).sum(0)
-                break
-            if not (needs[0] or any(needs[1:1 + 2 * layer])):
-                break
-            out = _StackedReluMLP._buffer(ctx.workspace, layer % 2, activations[layer].shape, grad)
-            if d.shape[-1] == 1:  # one output unit: a broadcast product, not an outer-product bmm
-                d = torch.mul(d, weights[layer], out=out)
-            else:
-                d = torch.bmm(d, weights[layer], out=out)
-            # ReLU's backward in place: zero the gradient where the activation was clipped
-            d = torch.ops.aten.threshold_backward.grad_input(d, activations[layer], 0.0, grad_input=d)
-        return (None, grad_x, *grads)
 
 
 class COMBOLoss(_ActorCriticLoss, SACLoss):

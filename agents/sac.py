@@ -20,7 +20,7 @@ from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import TD0Estimator
 from torchrl.objectives.value.functional import td0_return_estimate
 
-from ._common import _ActorCriticLoss, _Learner, check_dims, critic_rows, seeded
+from ._common import _ActorCriticLoss, _Learner, _relu_chain, _StackedReluMLP, check_dims, critic_rows, seeded
 
 __all__ = ["SAC", "make_sac_actor", "ClampedLogStdNormalParams"]
 
@@ -127,7 +127,7 @@ class _SACLoss(_ActorCriticLoss, SACLoss):
     * the stacked MLP critics run as one ``baddbmm`` per layer over their ``(N, out, in)`` weights: what SACLoss's
       functorch ``vmap`` over the functional parameters computes, without its per-call dispatch and parameter
       swap. ReLU critics with one output (SAC's) run as COMBOLoss's single autograd node
-      (:class:`~cmbrl.agents.combo._StackedReluMLP`), whose hand-written backward avoids autograd's slow
+      (:class:`~cmbrl.agents._common._StackedReluMLP`), whose hand-written backward avoids autograd's slow
       ``(N, H, B) @ (N, B, 1)`` product for the output layer's weight gradient and the copy of each transposed
       weight gradient; other MLP critics run through autograd (``_stacked_qvalues``);
     * the actor's network runs on the observation tensor and the actor's own ``ProbabilisticTensorDictModule``
@@ -148,8 +148,6 @@ class _SACLoss(_ActorCriticLoss, SACLoss):
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        from .combo import _relu_chain, _StackedReluMLP  # combo.py builds on this module: imported once both are
-
         super().__init__(*args, **kwargs)
         self._actor_parts = _actor_parts(self.actor_network)
         self._init_fast_paths()

@@ -17,7 +17,7 @@ from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import SACLoss
 
 from cmbrl import COMBO, COMBOLoss, make_dataset, make_sac_actor
-from cmbrl.agents.combo import _StackedReluMLP
+from cmbrl.agents._common import _StackedReluMLP
 
 ROOT = Path(__file__).resolve().parents[1]
 O, A, B = 3, 2, 8
