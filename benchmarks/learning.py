@@ -31,6 +31,16 @@ Arguments of a cell, later ones overriding earlier ones:
      ``--key`` / ``--no-key``, ``none`` drops the argument). Repeatable.
 ``--dataset``, ``--seed``, ``--threads 1`` and ``--out`` are always set by the benchmark.
 
+Sweeps. ``--sweep ALGO:KEY=V1,V2,...`` (repeatable; ALGO may be a glob over ``--algos``) runs every combination of
+the swept values as its own row, applied after ``--set``: ``--sweep mopo:penalty_coef=0.5,1 --sweep mopo:horizon=1,5``
+gives the four variants ``mopo@penalty_coef=0.5,horizon=1`` ... (the keys in the order given), each a row of the
+table and a folder ``<out>/<variant>/<dataset>/seed<S>``, so different hyperparameters never collide.
+
+Backends. ``--backend local`` (default) runs the cells on ``--jobs`` threads; ``--backend ray`` runs each cell as a
+Ray Tune trial (``benchmarks/_ray_backend.py``, needs ``pip install "cmbrl[ray]"``) on a local Ray cluster or the one
+at ``--address``, reporting every evaluation so that ``--scheduler asha`` can stop bad trials early. Both run the
+same command per cell, so the numbers are the same; the outputs are written by the same code.
+
 Outputs in ``--out``: ``results.csv`` (one row per cell), ``curves.csv`` (every evaluation of every finished cell),
 ``table.md`` (mean ± std over seeds per dataset and algorithm, after the reference rows "data", the dataset's
 average normalised return from its dataset card, and "bc"), ``curves_<dataset>.png`` (mean over seeds with a
@@ -39,8 +49,7 @@ selection and budget of the last run, the defaults of a later ``--table-only``).
 
 Datasets are loaded once in this process before any cell starts (generated or downloaded on first use), so that
 cells of one dataset don't race to write it; ``--no-prepare`` skips that. Cells run through :func:`run_cell`
-(a pure function of a :class:`Cell`) on a thread pool of ``--jobs`` workers; another backend (Ray) only has to map
-:func:`run_cell` over the cells.
+(a pure function of a :class:`Cell`) on a thread pool of ``--jobs`` workers, or inside Ray Tune trials.
 """
 from __future__ import annotations
 
@@ -60,6 +69,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("local", "ray")
 REFERENCE_ALGOS = ("bc",)
 """Algorithms shown as reference rows and lines (not learning curves)."""
 DEFAULT_ALGOS = ["bc", "mopo"]
@@ -232,12 +242,52 @@ def to_argv(args: dict) -> list[str]:
     return argv
 
 
-def make_cell(algo: str, dataset_id: str, seed: int, root: Path, examples_dir: Path, args: dict) -> Cell:
+def parse_sweep(spec: str) -> tuple[str, str, list[str]]:
+    """``ALGO:KEY=V1,V2,...`` -> (algo glob, key with ``_``, the values as written).
+
+    Raises:
+        ValueError: ``spec`` is not of that form (no ``=``, no ``ALGO:``, an empty key or value).
+    """
+    left, eq, values = spec.partition("=")
+    parts = left.split(":")
+    texts = [value.strip() for value in values.split(",")]
+    if not eq or len(parts) != 2 or not all(parts) or not all(texts):
+        raise ValueError(f"--sweep {spec!r}: expected ALGO:KEY=V1,V2,... (e.g. mopo:penalty_coef=0.5,1,2.5,5)")
+    return parts[0], parts[1].replace("-", "_"), texts
+
+
+def expand_sweeps(algos: Sequence[str], sweeps: Sequence[tuple[str, str, list[str]]]) -> dict[str, tuple[str, dict]]:
+    """``variant name -> (algo, swept arguments)``: every combination of the sweeps matching each algo, in order.
+
+    An algo no sweep matches is its own single variant (``"mopo" -> ("mopo", {})``); a swept one has a variant per
+    combination, named ``algo@key=value,key=value`` (keys in the order of the sweeps, values as written).
+
+    Raises:
+        ValueError: a sweep's ALGO matches none of ``algos`` (the message lists them).
+    """
+    import itertools
+
+    for algo_glob, key, _ in sweeps:
+        if not any(fnmatch.fnmatchcase(algo, algo_glob) for algo in algos):
+            raise ValueError(f"--sweep {algo_glob}:{key}=...: {algo_glob!r} matches none of --algos {list(algos)}")
+    variants: dict[str, tuple[str, dict]] = {}
+    for algo in algos:
+        axes = [(key, texts) for algo_glob, key, texts in sweeps if fnmatch.fnmatchcase(algo, algo_glob)]
+        for combination in itertools.product(*[texts for _, texts in axes]):
+            name = algo + ("@" + ",".join(f"{k}={v}" for (k, _), v in zip(axes, combination)) if axes else "")
+            variants[name] = (algo, {key: parse_value(text) for (key, _), text in zip(axes, combination)})
+    return variants
+
+
+def make_cell(algo: str, dataset_id: str, seed: int, root: Path, examples_dir: Path, args: dict,
+              script: str | None = None) -> Cell:
+    """The cell of ``examples_dir/<script or algo>.py``, its folder named by ``algo`` (a variant name of a sweep)."""
+    script = script or algo
     out = cell_dir(root, algo, dataset_id, seed).resolve()
-    if algo in STAGE_ONE and STAGE_ONE[algo][1] not in args:
-        stage_algo, key = STAGE_ONE[algo]
+    if script in STAGE_ONE and STAGE_ONE[script][1] not in args:
+        stage_algo, key = STAGE_ONE[script]
         args = {key: str(cell_dir(root, stage_algo, dataset_id, seed).resolve()), **args}
-    command = (sys.executable, str((Path(examples_dir) / f"{algo}.py").resolve()), "--dataset", dataset_id,
+    command = (sys.executable, str((Path(examples_dir) / f"{script}.py").resolve()), "--dataset", dataset_id,
                "--seed", str(seed), "--threads", "1", "--out", str(out), *to_argv(args))
     return Cell(algo, dataset_id, seed, out, command)
 
@@ -251,8 +301,16 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")[-lines:])
 
 
-def run_cell(cell: Cell) -> dict:
+def run_cell(cell: Cell, *, poll: Callable[[], None] | None = None, poll_every: float = 1.0,
+             preexec_fn: Callable[[], None] | None = None) -> dict:
     """Runs one cell to completion in a subprocess (output appended to its log.txt).
+
+    Args:
+        cell: the cell.
+        poll: called every ``poll_every`` seconds while the script runs (the Ray backend reports evaluations from
+            it); an exception it raises kills the script and propagates.
+        poll_every: seconds between ``poll`` calls.
+        preexec_fn: run in the child before the script starts (``subprocess.Popen``'s).
 
     Returns ``{"ok": bool, "returncode": int, "wall_time_s": float, "result": dict | None, "error": str}``;
     ``ok`` iff the script exited with 0 and left a valid ``result.json``. Never raises for a failing script.
@@ -267,11 +325,23 @@ def run_cell(cell: Cell) -> dict:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cell.command)}\n")
         log.flush()
         try:
-            returncode = subprocess.run(cell.command, stdout=log, stderr=subprocess.STDOUT, cwd=cell.cwd,
-                                        env=env).returncode
+            process = subprocess.Popen(cell.command, stdout=log, stderr=subprocess.STDOUT, cwd=cell.cwd, env=env,
+                                       preexec_fn=preexec_fn)
         except OSError as error:  # the interpreter or the script could not be started
             log.write(f"{error!r}\n")
             returncode = -1
+        else:
+            try:
+                while True:
+                    try:
+                        returncode = process.wait(timeout=poll_every if poll else None)
+                        break
+                    except subprocess.TimeoutExpired:
+                        poll()
+            finally:  # interrupted (Ctrl-C, a stopped trial): the script does not outlive its cell
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     wall = time.perf_counter() - start
     result = read_result(cell.result_path)
     error = ""
@@ -421,6 +491,8 @@ def write_outputs(out: Path, algos: Sequence[str], datasets: Sequence[str], seed
             done = [(seed, r) for seed, r in found if r is not None]
             if not done:
                 why = "not run" if algo in algos else "not run (not in --algos)"
+                if any(status.get((algo, dataset, seed)) == "stopped" for seed in seeds):
+                    why = "stopped early (scheduler)"
                 rows.append(f"| {dataset} | {algo} | {why} | 0/{len(seeds)} | | | |")
                 continue
             mean, std = mean_std([r["normalized_score"] for _, r in done])
@@ -509,14 +581,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="ALGO:[DATASET:]KEY=VALUE",
                         help="an example argument for matching cells (globs allowed), e.g. "
                              "mopo:cmbrl/hopper/medium-v0:penalty_coef=5 or '*:eval_episodes=3'; repeatable")
-    parser.add_argument("--jobs", type=int, default=1, help="cells run side by side (each uses 1 thread)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="ALGO:KEY=V1,V2,...",
+                        help="run every combination of these example arguments as its own row (variant "
+                             "ALGO@KEY=V,...), e.g. mopo:penalty_coef=0.5,1,2.5,5; repeatable")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run side by side (each uses 1 thread; "
+                        "local backend)")
     parser.add_argument("--out", default="runs/learning", help="root folder of the cells and the outputs")
     parser.add_argument("--examples-dir", default=str(ROOT / "examples"), help="where <algo>.py are")
     parser.add_argument("--rerun", action="store_true", help="delete the selected finished cells and run them again")
     parser.add_argument("--table-only", action="store_true", help="only recompute the table, CSVs and plots")
     parser.add_argument("--no-prepare", action="store_true", help="don't load the datasets here before the cells")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the cells to run and exit")
-    return parser.parse_args(argv)
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: --jobs threads on this machine; ray: one Ray Tune trial per cell (default local)")
+    ray = parser.add_argument_group("Ray backend (--backend ray; pip install 'cmbrl[ray]')")
+    ray.add_argument("--address", help="the Ray cluster to join: auto (the one `ray start` runs here) or "
+                     "ray://HOST:10001 (default: start a local cluster for this run)")
+    ray.add_argument("--num-cpus", type=int, help="CPUs of the local cluster started without --address "
+                     "(default: all cores)")
+    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per cell (default 1)")
+    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs reserved per cell (default 0)")
+    ray.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+                     help="fifo: run every cell to the end; asha: stop cells whose normalised score lags at the "
+                          "same number of evaluations (one algorithm and one dataset per run; default fifo)")
+    ray.add_argument("--asha-grace-period", type=int, default=1, help="evaluations before ASHA may stop a cell")
+    args = parser.parse_args(argv)
+    if args.backend != "ray":
+        given = [flag for flag, value, default in [("--address", args.address, None),
+                                                   ("--num-cpus", args.num_cpus, None),
+                                                   ("--cpus-per-trial", args.cpus_per_trial, 1.0),
+                                                   ("--gpus-per-trial", args.gpus_per_trial, 0.0),
+                                                   ("--scheduler", args.scheduler, "fifo")] if value != default]
+        if given:
+            parser.error(f"{', '.join(given)} only apply to --backend ray (got --backend {args.backend})")
+    return args
 
 
 def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float | None] | None = None,
@@ -535,7 +633,13 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
     num_steps = args.num_steps if args.num_steps is not None else last.get("num_steps")
     eval_every = args.eval_every if args.eval_every is not None else last.get("eval_every")
     set_specs = args.set or last.get("set", [])
-    sets = [parse_set(spec) for spec in set_specs]
+    sweep_specs = args.sweep or last.get("sweep", [])
+    try:
+        sets = [parse_set(spec) for spec in set_specs]
+        variants = expand_sweeps(algos, [parse_sweep(spec) for spec in sweep_specs])
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    rows = list(variants)  # the table's algorithm rows: the algos, or their swept variants
     overrides = {"num_steps": num_steps, "eval_every": eval_every, "sets": sets}
     examples_dir = Path(args.examples_dir)
     missing = [algo for algo in algos if not (examples_dir / f"{algo}.py").exists()]
@@ -545,11 +649,14 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
     cells: dict[tuple[str, str, int], Cell] = {}
     settings_lines = []
     for dataset in datasets:
-        for algo in dict.fromkeys([*REFERENCE_ALGOS, *algos]):
-            cell_arguments = cell_args(algo, dataset, budget, **overrides)
+        for algo in dict.fromkeys([*REFERENCE_ALGOS, *rows]):
+            script, swept = variants.get(algo, (algo, {}))
+            cell_arguments = {**cell_args(script, dataset, budget, **overrides), **swept}
+            cell_arguments = {key: value for key, value in cell_arguments.items() if value is not None}
             for seed in seeds:
-                cells[algo, dataset, seed] = make_cell(algo, dataset, seed, out, examples_dir, cell_arguments)
-            if algo in algos:
+                cells[algo, dataset, seed] = make_cell(algo, dataset, seed, out, examples_dir, cell_arguments,
+                                                       script)
+            if algo in rows:
                 settings_lines.append(f"{algo} on {dataset}: {' '.join(to_argv(cell_arguments))}")
     header = "# Learning benchmark\n\n" + budget_text(list(dict.fromkeys([*REFERENCE_ALGOS, *algos])), budget,
                                                      seeds, overrides)
@@ -558,12 +665,13 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
     failed: list[Cell] = []
 
     if not args.table_only:
-        run_order = [a for a in dict.fromkeys([*REFERENCE_ALGOS, *algos]) if a in algos]  # BC first: it is quick
+        run_order = [a for a in dict.fromkeys([*REFERENCE_ALGOS, *rows]) if a in rows]  # BC first: it is quick
         selected = [cells[a, d, s] for s in seeds for d in datasets for a in run_order]
         finished = [cell for cell in selected if read_result(cell.result_path) is not None]
         todo = selected if args.rerun else [cell for cell in selected if cell not in finished]
+        how = f"{args.jobs} at a time" if args.backend == "local" else "as Ray Tune trials"
         print(f"{len(selected)} cells, {len(finished)} finished, {len(todo)} to run "
-              f"({args.jobs} at a time); {header.splitlines()[-1]}", flush=True)
+              f"({how}); {header.splitlines()[-1]}", flush=True)
         if args.dry_run:
             for cell in todo:
                 print(" ".join(cell.command))
@@ -573,7 +681,8 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
                 shutil.rmtree(cell.out)
         out.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps({"algos": algos, "datasets": datasets, "seeds": seeds, "budget": budget,
-                                           "num_steps": num_steps, "eval_every": eval_every, "set": set_specs},
+                                           "num_steps": num_steps, "eval_every": eval_every, "set": set_specs,
+                                           "sweep": sweep_specs},
                                           indent=1))
         if not args.no_prepare:
             for dataset in dict.fromkeys(cell.dataset for cell in todo):
@@ -585,14 +694,27 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
                         todo.remove(cell)
                         failed.append(cell)
                         status[cell.algo, cell.dataset, cell.seed] = "failed"
-        outcomes = run_cells(todo, args.jobs, runner)
+        if args.backend == "ray":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            try:
+                import _ray_backend  # imports ray: only here
+            except ImportError as error:
+                raise SystemExit(f"--backend ray needs Ray ({error}): pip install 'cmbrl[ray]'") from None
+
+            outcomes = _ray_backend.run_cells(
+                todo, out, address=args.address, num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler,
+                grace_period=args.asha_grace_period, fresh=args.rerun)
+        else:
+            outcomes = run_cells(todo, args.jobs, runner)
         for cell, outcome in outcomes.items():
             if not outcome["ok"]:
-                failed.append(cell)
-                status[cell.algo, cell.dataset, cell.seed] = "failed"
+                status[cell.algo, cell.dataset, cell.seed] = outcome.get("status", "failed")
+                if status[cell.algo, cell.dataset, cell.seed] == "failed":  # "stopped" (by ASHA) is no failure
+                    failed.append(cell)
 
     subtitle = f"budget {budget}, seeds {' '.join(map(str, seeds))}; band: min–max over seeds"
-    text = write_outputs(out, algos, datasets, seeds, cells, header, subtitle, settings_lines, reference, status)
+    text = write_outputs(out, rows, datasets, seeds, cells, header, subtitle, settings_lines, reference, status)
     print(text)
     print(f"wrote {out / 'table.md'}, results.csv, curves.csv and curves_*.png")
     if failed:
