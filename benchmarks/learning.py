@@ -439,7 +439,14 @@ def budget_text(algos: Sequence[str], budget: str, seeds: Sequence[int], overrid
         args = cell_args(algo, "", budget, **overrides)  # "" matches no dataset pattern: the budget alone
         text = algo
         if isinstance(args.get("num_steps"), int):
-            text += f" {args['num_steps']:,} gradient steps"
+            if "offline_steps" in args:  # finetune: offline AWAC updates, then online env steps at UTD 1
+                if args.get("offline_checkpoint"):
+                    text += f" from {args['offline_checkpoint']},"
+                elif isinstance(args["offline_steps"], int):
+                    text += f" {args['offline_steps']:,} offline gradient steps, then"
+                text += f" {args['num_steps']:,} online env steps"
+            else:
+                text += f" {args['num_steps']:,} gradient steps"
         if isinstance(args.get("iterations"), int):  # mb2po: iterations of updates_per_iteration (default 1000)
             updates = args.get("updates_per_iteration", 1_000)
             text += f" {args['iterations']:,} iterations of {updates:,} gradient steps"

@@ -226,3 +226,14 @@ def test_two_stage_cell_reads_its_stage_one_cell(learning, examples, tmp_path):
 
 
 BUDGET_SMOKE_DEFAULT = {"num_steps": 200, "eval_every": 100, "eval_episodes": 1}
+
+
+def test_budget_text_counts_finetune_in_online_env_steps(learning):
+    text = learning.budget_text(["finetune", "mopo"], "short", [0], {})
+    preset = learning.BUDGETS["short"]["finetune"]
+    offline, online = preset["offline_steps"], preset["num_steps"]
+    assert f"finetune {offline:,} offline gradient steps, then {online:,} online env steps" in text
+    assert f"mopo {learning.BUDGETS['short']['mopo']['num_steps']:,} gradient steps" in text
+    checkpoint = learning.parse_set("finetune:offline_checkpoint=runs/awac/agent.pt")
+    text = learning.budget_text(["finetune"], "short", [0], {"sets": [checkpoint]})
+    assert "finetune from runs/awac/agent.pt" in text and "offline gradient steps" not in text
