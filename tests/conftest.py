@@ -1,6 +1,12 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +31,25 @@ def mlp():
                 x = torch.relu(x)
         return x
     return forward
+
+
+@pytest.fixture(scope="module")
+def learning():
+    """``benchmarks/learning.py`` imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def examples(tmp_path):
+    """A folder of fake example scripts (``bc.py``, ``fake.py``) that follow the learning benchmark's cell contract."""
+    from test_learning_benchmark import FAKE_EXAMPLE
+
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for algo in ("bc", "fake"):
+        (folder / f"{algo}.py").write_text(FAKE_EXAMPLE)
+    return folder

@@ -1,9 +1,7 @@
 """benchmarks/learning.py with fake example scripts: cells run once, resume, fail alone, run side by side; the
 table, CSVs and plots come from the cells' result.json files."""
 import csv
-import importlib.util
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -49,24 +47,6 @@ FAKE_EXAMPLE = textwrap.dedent('''
         "normalized_score": history[-1]["normalized_score"], "history": history, "args": vars(args),
         "wall_time_s": 0.5}))
 ''')
-
-
-@pytest.fixture(scope="module")
-def learning():
-    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def examples(tmp_path):
-    folder = tmp_path / "examples"
-    folder.mkdir()
-    for algo in ("bc", "fake"):
-        (folder / f"{algo}.py").write_text(FAKE_EXAMPLE)
-    return folder
 
 
 def calls(examples):
@@ -209,7 +189,6 @@ def test_cell_arguments_budget_settings_and_overrides(learning, examples, tmp_pa
     assert cell.out == (tmp_path / "r" / "mopo" / "cmbrl_hopper_medium-v0" / "seed2").resolve()
     assert cell.command[1:] == (str((examples / "mopo.py").resolve()), "--dataset", "cmbrl/hopper/medium-v0",
                                 "--seed", "2", "--threads", "1", "--out", str(cell.out), "--horizon", "5")
-
 
 
 def test_two_stage_cell_reads_its_stage_one_cell(learning, examples, tmp_path):

@@ -8,29 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from test_learning_benchmark import DATA_AVERAGE, DATASET, FAKE_EXAMPLE, calls, run  # noqa: F401 (fixtures below)
+from test_learning_benchmark import DATA_AVERAGE, DATASET, calls, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def learning():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def examples(tmp_path):
-    folder = tmp_path / "examples"
-    folder.mkdir()
-    for algo in ("bc", "fake"):
-        (folder / f"{algo}.py").write_text(FAKE_EXAMPLE)
-    return folder
 
 
 def test_sweep_parsing_and_variant_names(learning):

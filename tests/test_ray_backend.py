@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("ray.tune")
 
-from test_learning_benchmark import DATA_AVERAGE, DATASET, FAKE_EXAMPLE, calls, result_path, run  # noqa: E402
+from test_learning_benchmark import DATA_AVERAGE, DATASET, calls, result_path, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,26 +57,6 @@ SLOW_EXAMPLE = textwrap.dedent('''
     (out / "result.json").write_text(json.dumps({"normalized_score": history[-1]["normalized_score"],
                                                  "history": history, "args": vars(args), "wall_time_s": 0.5}))
 ''')
-
-
-@pytest.fixture(scope="module")
-def learning():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def examples(tmp_path):
-    folder = tmp_path / "examples"
-    folder.mkdir()
-    for algo in ("bc", "fake"):
-        (folder / f"{algo}.py").write_text(FAKE_EXAMPLE)
-    return folder
 
 
 @pytest.fixture
