@@ -242,7 +242,7 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
     return result
 
 
-def plot_runs(path: Path, runs: dict[str, dict], args: Args) -> None:
+def plot_runs(path: Path, runs: dict[str, dict], args: Args, num_critics: int) -> None:
     """Every explorer's evaluation curve and online-episode returns (moving mean of 5) on one figure."""
     import matplotlib
     matplotlib.use("Agg")
@@ -265,7 +265,7 @@ def plot_runs(path: Path, runs: dict[str, dict], args: Args) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     axes[0].set_ylabel("normalised score")
-    fig.suptitle(f"fine-tuning AWAC ({args.num_critics} critics) on {args.env_id} from {args.dataset}, "
+    fig.suptitle(f"fine-tuning AWAC ({num_critics} critics) on {args.env_id} from {args.dataset}, "
                  f"UTD {args.utd}, σ={args.sigma}, seed {args.seed}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -291,11 +291,12 @@ def main(args: Args) -> dict:
         data = data[:args.max_transitions]
     stage = (torch.load(args.offline_checkpoint, weights_only=False) if args.offline_checkpoint
              else offline_phase(args, data, out / "offline"))
+    num_critics = stage["agent_kwargs"].get("num_qvalue_nets", 2)  # the loaded agent's, not --num-critics
     print(f"fine-tuning on {args.env_id} from {args.offline_checkpoint or out / 'offline'} "
-          f"({stage['agent_kwargs'].get('num_qvalue_nets', 2)} critics), explorers {names}, {args.num_steps:,} "
+          f"({num_critics} critics), explorers {names}, {args.num_steps:,} "
           f"steps at UTD {args.utd}, seed {args.seed}", flush=True)
     runs = {name: online_phase(args, stage, data, name, out if len(names) == 1 else out / name) for name in names}
-    plot_runs(out / f"online_curves_seed{args.seed}.png", runs, args)
+    plot_runs(out / f"online_curves_seed{args.seed}.png", runs, args, num_critics)
     if len(names) == 1:
         return runs[names[0]]
     first = runs[names[0]]
