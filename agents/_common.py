@@ -164,6 +164,9 @@ class _ActorCriticLoss:
     def _init_fast_paths(self) -> None:
         self._actor_shared = self._actor_params_shared()
         self._plan = _stacked_mlp_plan(self.qvalue_network, self.qvalue_network_params)
+        # Linear/ReLU critics with one output unit run as one autograd node with a lean backward (_StackedReluMLP)
+        self._fused = _relu_chain(self._plan) and self.qvalue_network.module[-1].out_features == 1
+        self._workspace: dict = {}  # the fused critics' reused buffers (see _StackedReluMLP)
 
     def _actor_params_shared(self) -> bool:
         """Whether ``actor_network_params`` are the actor module's own tensors (so no swap is needed to run it)."""
@@ -188,6 +191,16 @@ class _ActorCriticLoss:
         obs_keys = list(dict.fromkeys(obs_keys))
         return [*obs_keys, keys.action, *extra, *[("next", k) for k in obs_keys], ("next", keys.reward),
                 ("next", keys.terminated)]
+
+    def _critic_values(self, x: torch.Tensor, params: TensorDictBase, detach: bool = False) -> torch.Tensor:
+        """``(N, R)`` outputs of the stacked MLP critics on rows ``x (R, F)``: the fused ReLU path when it applies
+        (``self._fused``), else :meth:`_stacked_qvalues`. ``detach``: the weights are read detached."""
+        if self._fused:
+            flat = [t for step in self._plan[::2] for t in (params.get(step[0]), params.get(step[1]))]
+            if detach:
+                flat = [t.detach() for t in flat]
+            return _StackedReluMLP.apply(self._workspace, x, *flat)
+        return self._stacked_qvalues(x, params, detach=detach).squeeze(-1)
 
     def _stacked_qvalues(self, x: torch.Tensor, params: TensorDictBase, subset: torch.Tensor | None = None,
                          detach: bool = False) -> torch.Tensor:

@@ -30,8 +30,8 @@ from torchrl.modules import MLP
 from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives import SACLoss
 
-from ._common import (_ActorCriticLoss, _Learner, _relu_chain, _StackedReluMLP, check_bounds, check_count, check_dims,
-                      check_tau, critic_rows, seeded)
+from ._common import (_ActorCriticLoss, _Learner, check_bounds, check_count, check_dims, check_tau, critic_rows,
+                      seeded)
 from .sac import _ForeachSoftUpdate, _ValueOperator, make_sac_actor
 
 __all__ = ["COMBO", "COMBOLoss", "PRIORS", "RHOS"]
@@ -237,8 +237,6 @@ class COMBOLoss(_ActorCriticLoss, SACLoss):
                                                                no_convert=True)
         self._dist_param_keys = self._find_dist_param_keys(actor_network)
         self._init_fast_paths()
-        self._fused = _relu_chain(self._plan) and self.qvalue_network.module[-1].out_features == 1
-        self._workspace: dict = {}  # the fused critics' backward buffers (see _StackedReluMLP)
 
     # ------------------------------------------------------------------------------------------------------------
     # plumbing
@@ -318,14 +316,9 @@ class COMBOLoss(_ActorCriticLoss, SACLoss):
             td = TensorDict(dict(zip(self.qvalue_network.in_keys, tensors)), batch_size=batch)
             out = self._vmap_qnetworkN0(td, params.detach() if detach else params)
             return out.get(self.qvalue_network.out_keys[0]).squeeze(-1)
-        x = critic_rows(tensors)
-        if self._fused:  # Linear/ReLU critics: one autograd node with a lean backward (_StackedReluMLP)
-            flat = [t for step in self._plan[::2] for t in (params.get(step[0]), params.get(step[1]))]
-            if detach:
-                flat = [t.detach() for t in flat]
-            return _StackedReluMLP.apply(self._workspace, x, *flat).reshape(self.num_qvalue_nets, *batch)
-        # other MLP critics: one batched matmul per layer over the stacked (N, out, in) weights
-        return self._stacked_qvalues(x, params, detach=detach).reshape(self.num_qvalue_nets, *batch)
+        # Linear/ReLU critics: one autograd node with a lean backward (_StackedReluMLP); other MLPs: one batched
+        # matmul per layer over the stacked (N, out, in) weights
+        return self._critic_values(critic_rows(tensors), params, detach=detach).reshape(self.num_qvalue_nets, *batch)
 
     # ------------------------------------------------------------------------------------------------------------
     # the loss

@@ -20,7 +20,7 @@ from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import TD0Estimator
 from torchrl.objectives.value.functional import td0_return_estimate
 
-from ._common import _ActorCriticLoss, _Learner, _relu_chain, _StackedReluMLP, check_dims, critic_rows, seeded
+from ._common import _ActorCriticLoss, _Learner, check_dims, critic_rows, seeded
 
 __all__ = ["SAC", "make_sac_actor", "ClampedLogStdNormalParams"]
 
@@ -151,9 +151,6 @@ class _SACLoss(_ActorCriticLoss, SACLoss):
         super().__init__(*args, **kwargs)
         self._actor_parts = _actor_parts(self.actor_network)
         self._init_fast_paths()
-        self._fused = _relu_chain(self._plan) and self.qvalue_network.module[-1].out_features == 1
-        self._fused_mlp = _StackedReluMLP
-        self._workspace: dict = {}  # the fused critics' reused buffers (see _StackedReluMLP)
 
     _forward_value_estimator_keys = SACLoss._forward_value_estimator_keys  # SACLoss keeps its value estimator
 
@@ -193,14 +190,7 @@ class _SACLoss(_ActorCriticLoss, SACLoss):
         """``(N, *B)`` Q-values of the stacked critics at the observations of ``tensordict`` and ``action (*B, A)``."""
         action_key = self.tensor_keys.action
         tensors = [action if key == action_key else tensordict.get(key) for key in self.qvalue_network.in_keys]
-        x = critic_rows(tensors)
-        if self._fused:  # Linear/ReLU critics: one autograd node with a lean backward, as COMBOLoss
-            flat = [t for step in self._plan[::2] for t in (params.get(step[0]), params.get(step[1]))]
-            if detach:
-                flat = [t.detach() for t in flat]
-            q = self._fused_mlp.apply(self._workspace, x, *flat)
-        else:
-            q = self._stacked_qvalues(x, params, detach=detach)
+        q = self._critic_values(critic_rows(tensors), params, detach=detach)
         return q.reshape(self.num_qvalue_nets, *action.shape[:-1])
 
     def _losses(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
