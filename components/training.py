@@ -47,7 +47,7 @@ __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "re
            "parse_dataclass_args", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
            "file_lock",
            "fit_or_load_ensemble", "plot_learning_curve",
-           "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model"]
+           "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model", "default_max_transitions"]
 
 
 def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
@@ -60,6 +60,12 @@ def combo_hyperparameters(dataset_id: str) -> tuple[int, float]:
     """``(horizon, beta)`` for a dataset id (``cmbrl/hopper/medium-v0`` or ``hopper-medium``)."""
     name = dataset_id.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
     return COMBO_HYPERPARAMETERS.get(name, DEFAULT_COMBO_HYPERPARAMETERS)
+
+
+def default_max_transitions(num_transitions: int) -> int:
+    """The model-based examples' default ``--max-transitions`` for a dataset of ``num_transitions``: 0 (all) up to
+    200k transitions (the medium-replay sets), else the first 100k (the 1M-step sets; a CPU budget, not a paper's)."""
+    return 0 if num_transitions <= 200_000 else 100_000
 
 
 def dataset_env_id(dataset: str, env_id: str = "") -> tuple[str, str]:
@@ -365,7 +371,8 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
             score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
             q = critic_values(agent.loss_module, probe_obs, probe_act).min(0).values
             point = {"step": step, "return": float(np.mean(returns)), "return_min": float(np.min(returns)),
-                     "return_max": float(np.max(returns)), "normalized_score": score, "q_data": q.mean().item(), "mc_return": probe_mc.mean().item(),
+                     "return_max": float(np.max(returns)), "normalized_score": score, "q_data": q.mean().item(),
+                     "mc_return": probe_mc.mean().item(),
                      "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
                      **{key: metrics[key] for key in metric_keys}, "num_nonfinite": env.num_nonfinite}
             history.append(point)

@@ -29,8 +29,8 @@ import torch
 from cmbrl import SAC, ConservativeModelEnv, load_dataset
 from cmbrl.components.calibration import (CALIBRATION_PENALTIES, calibration_data, calibration_metrics,
                                           format_calibration_table, morel_halt_threshold, plot_reliability)
-from cmbrl.components.training import (dataset_env_id, fit_or_load_ensemble, mopo_hyperparameters,
-                                       parse_dataclass_args)
+from cmbrl.components.training import (dataset_env_id, default_max_transitions, fit_or_load_ensemble,
+                                       mopo_hyperparameters, parse_dataclass_args)
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ def main(args: Args) -> dict:
         return {}
     dataset, env_id = dataset_env_id(args.dataset)
     data = load_dataset(dataset)
-    n = args.max_transitions if args.max_transitions >= 0 else (0 if data.shape[0] <= 200_000 else 100_000)
+    n = args.max_transitions if args.max_transitions >= 0 else default_max_transitions(data.shape[0])
     data = data[:n] if n else data
     ensemble, _ = fit_or_load_ensemble(args.ensemble_dir, dataset, data, seed=args.ensemble_seed, max_epochs=50)
     ensemble.eval()

@@ -26,8 +26,8 @@ import torch
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 
 from cmbrl import COMBO, ConservativeModelEnv, load_dataset
-from cmbrl.components.training import (combo_hyperparameters, dataset_env_id, fit_or_load_ensemble,
-                                       parse_dataclass_args, train_in_model)
+from cmbrl.components.training import (combo_hyperparameters, dataset_env_id, default_max_transitions,
+                                       fit_or_load_ensemble, parse_dataclass_args, train_in_model)
 
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
@@ -129,7 +129,7 @@ def main(args: Args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, progress=bool(args.progress))  # generated locally on first use
     if args.max_transitions < 0:
-        args = dataclasses.replace(args, max_transitions=0 if data.shape[0] <= 200_000 else 100_000)
+        args = dataclasses.replace(args, max_transitions=default_max_transitions(data.shape[0]))
     if args.max_transitions:
         data = data[:args.max_transitions]
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]

@@ -51,8 +51,9 @@ from torchrl.record.loggers import get_logger
 import awac as stage_one
 from cmbrl import ConservativeModelEnv, load_dataset
 from cmbrl.agents import AWAC
-from cmbrl.components.training import (critic_values, evaluate_policy, fit_or_load_ensemble, make_q_probe,
-                                       parse_dataclass_args, plot_learning_curve, resolve_model_settings)
+from cmbrl.components.training import (critic_values, default_max_transitions, evaluate_policy, fit_or_load_ensemble,
+                                       make_q_probe, parse_dataclass_args, plot_learning_curve,
+                                       resolve_model_settings)
 
 RESUMABLE = {"iterations", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "awac_out"}
 KEYS = stage_one.KEYS
@@ -172,7 +173,7 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset, progress=bool(args.progress))
     if args.max_transitions < 0:
-        args = dataclasses.replace(args, max_transitions=0 if data.shape[0] <= 200_000 else 100_000)
+        args = dataclasses.replace(args, max_transitions=default_max_transitions(data.shape[0]))
     if args.max_transitions:
         data = data[:args.max_transitions]
     print(f"MB2PO on {args.dataset} ({data.shape[0]:,} transitions) from {awac_out / 'agent.pt'}, "
