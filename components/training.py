@@ -47,7 +47,8 @@ __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "re
            "parse_dataclass_args", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
            "file_lock",
            "fit_or_load_ensemble", "plot_learning_curve",
-           "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model", "default_max_transitions"]
+           "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model", "default_max_transitions",
+           "negative_reward_warning"]
 
 
 def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
@@ -248,6 +249,32 @@ def plot_learning_curve(path: str | Path, history: Sequence[dict], title: str,
     plt.close(fig)
 
 
+def negative_reward_warning(model_stats: dict, terminates: bool) -> str | None:
+    """A warning when the penalised model reward is negative on average in a model MDP that can terminate.
+
+    With ``r − λ·u < 0`` per step, every step costs return and ending the episode stops the cost, so the optimal
+    policy of the penalised MDP falls as early as it can (MOPO's penalty then teaches falling, not caution; seen on
+    ``cmbrl/walker2d/medium-replay-v0`` at OfflineRL-Kit's λ 2.5: r 1.8, λ·u 7.3, a policy that falls at once).
+    Tasks that never terminate (HalfCheetah) only shift the values and get no warning.
+
+    Args:
+        model_stats: the rollout statistics of :func:`train_in_model` (``model_reward``, ``model_penalty``,
+            ``model_penalised_reward``; reward units per step).
+        terminates: whether the model MDP has a termination function.
+
+    Returns:
+        The warning text, or ``None`` when the mean penalised reward is ``>= 0`` or nothing terminates.
+    """
+    penalised = model_stats.get("model_penalised_reward")
+    if not terminates or penalised is None or penalised >= 0:
+        return None
+    return (f"the mean penalised model reward r - λu is {penalised:.3g} < 0 per step (model reward "
+            f"{model_stats.get('model_reward', float('nan')):.3g}, penalty λu "
+            f"{model_stats.get('model_penalty', float('nan')):.3g}): in a model MDP that can terminate, ending the "
+            f"episode early then maximises return, so the policy will learn to fall. Lower --penalty-coef, or fit "
+            f"a better ensemble (more data or epochs), until r - λu > 0 on the rollouts.")
+
+
 def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBase, fit: dict, resumable: set[str],
                    keys: Sequence, metric_keys: Sequence[str], title: str, penalty_coef: float = 0.0,
                    mark_real: bool = False) -> dict:
@@ -296,6 +323,7 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
     """
     import dataclasses
     import time
+    import warnings
 
     import minari
     import tqdm
@@ -361,6 +389,9 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
             }
             for key, value in model_stats.items():
                 logger.log_scalar(key, value, step=step)
+            if step == first_step and (warning := negative_reward_warning(
+                    model_stats, getattr(env, "termination_fn", None) is not None)) is not None:
+                warnings.warn(warning, stacklevel=2)
         metrics = agent.update(buffer.sample())
         step += 1
         bar.update()

@@ -63,6 +63,10 @@ def test_mopo_example_smoke(small_hopper_dataset, tmp_path):
         assert key in record["history"][-1], key
     scores = (out / "logs" / "mopo_seed0" / "scalars" / "normalized_score.csv").read_text().splitlines()
     assert scores[-1].startswith("40,")  # the TorchRL CSV logger wrote the evaluation at step 40
+    # the first rollout's mean penalised reward decides the falling warning (hopper terminates)
+    first = (out / "logs" / "mopo_seed0" / "scalars" / "model_penalised_reward.csv").read_text().splitlines()[0]
+    assert first.startswith("0,")
+    assert ("will learn to fall" in result.stderr) == (float(first.split(",")[1]) < 0)
     # re-running resumes: nothing left to do, the cached ensemble is loaded and the checkpoint's step is kept
     again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

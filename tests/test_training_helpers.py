@@ -55,3 +55,22 @@ def test_ensemble_is_fitted_once_then_loaded(tmp_path, monkeypatch):
     second, _ = training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=1, progress=False)
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_negative_penalised_reward_warns_only_where_falling_pays():
+    stats = {"model_reward": 1.8, "model_penalty": 7.3, "model_penalised_reward": -5.5}
+    text = training.negative_reward_warning(stats, terminates=True)
+    assert text is not None and "-5.5" in text and "1.8" in text and "7.3" in text and "--penalty-coef" in text
+    assert training.negative_reward_warning(stats, terminates=False) is None  # nothing ends: values only shift
+    assert training.negative_reward_warning({**stats, "model_penalised_reward": 0.2}, terminates=True) is None
+    assert training.negative_reward_warning({}, terminates=True) is None
+
+
+def test_model_env_exposes_its_termination_fn_for_the_warning():
+    from cmbrl import ConservativeModelEnv
+    from model_fixtures import healthy_starts, tiny_ensemble
+    ensemble = tiny_ensemble()
+    with_falls = ConservativeModelEnv(ensemble, start_states=healthy_starts(), batch_size=2, termination_fn="hopper")
+    without = ConservativeModelEnv(ensemble, start_states=healthy_starts(), batch_size=2)
+    assert getattr(with_falls, "termination_fn", None) is not None
+    assert getattr(without, "termination_fn", None) is None
