@@ -48,7 +48,7 @@ __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "re
            "file_lock",
            "fit_or_load_ensemble", "plot_learning_curve",
            "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model", "default_max_transitions",
-           "negative_reward_warning"]
+           "negative_reward_warning", "rollout_stats"]
 
 
 def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
@@ -249,6 +249,36 @@ def plot_learning_curve(path: str | Path, history: Sequence[dict], title: str,
     plt.close(fig)
 
 
+def rollout_stats(rollout: TensorDictBase, penalty_coef: float) -> dict[str, float]:
+    """Mean statistics of a batch of model rollouts, as the examples log them (one number each).
+
+    Args:
+        rollout: a :class:`~cmbrl.envs.ConservativeModelEnv` rollout of any batch shape, with ``action`` and
+            ``("next", key)`` for ``reward`` (``r − λu``), ``model_reward`` (``r``), ``uncertainty`` (``u``) and
+            ``terminated``.
+        penalty_coef: ``λ``, the penalty's coefficient (MOPO eq. 6), to report ``λ·u`` in reward units.
+
+    Returns:
+        ``model_reward``, ``model_uncertainty``, ``model_penalty`` (``λ·u``), ``model_penalised_reward``,
+        ``model_terminated`` (share of transitions that terminate) and ``model_saturated_actions`` (share of action
+        entries with ``|a| > 0.99``).
+
+    Raises:
+        KeyError: naming the missing keys when the rollout lacks one.
+    """
+    needed = [("next", "reward"), ("next", "model_reward"), ("next", "uncertainty"), ("next", "terminated"), "action"]
+    missing = [key for key in needed if key not in rollout.keys(include_nested=True)]
+    if missing:
+        raise KeyError(f"rollout_stats needs the keys {needed} of a ConservativeModelEnv rollout; missing {missing}")
+    uncertainty = rollout["next", "uncertainty"].mean().item()
+    return {"model_reward": rollout["next", "model_reward"].mean().item(),
+            "model_uncertainty": uncertainty,
+            "model_penalty": penalty_coef * uncertainty,
+            "model_penalised_reward": rollout["next", "reward"].mean().item(),
+            "model_terminated": rollout["next", "terminated"].float().mean().item(),
+            "model_saturated_actions": (rollout["action"].abs() > 0.99).float().mean().item()}
+
+
 def negative_reward_warning(model_stats: dict, terminates: bool) -> str | None:
     """A warning when the penalised model reward is negative on average in a model MDP that can terminate.
 
@@ -378,15 +408,7 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
             with torch.no_grad():  # rollouts carry no graph into the buffer
                 rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
             buffer.extend(stored(rollout.reshape(-1), False))
-            uncertainty = rollout["next", "uncertainty"]
-            model_stats = {
-                "model_reward": rollout["next", "model_reward"].mean().item(),
-                "model_uncertainty": uncertainty.mean().item(),
-                "model_penalty": penalty_coef * uncertainty.mean().item(),
-                "model_penalised_reward": rollout["next", "reward"].mean().item(),
-                "model_terminated": rollout["next", "terminated"].float().mean().item(),
-                "model_saturated_actions": (rollout["action"].abs() > 0.99).float().mean().item(),
-            }
+            model_stats = rollout_stats(rollout, penalty_coef)
             for key, value in model_stats.items():
                 logger.log_scalar(key, value, step=step)
             if step == first_step and (warning := negative_reward_warning(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 
 import minari
@@ -52,8 +53,8 @@ import awac as stage_one
 from cmbrl import ConservativeModelEnv, load_dataset
 from cmbrl.agents import AWAC
 from cmbrl.components.training import (critic_values, default_max_transitions, evaluate_policy, fit_or_load_ensemble,
-                                       make_q_probe, parse_dataclass_args, plot_learning_curve,
-                                       resolve_model_settings)
+                                       make_q_probe, negative_reward_warning, parse_dataclass_args,
+                                       plot_learning_curve, resolve_model_settings, rollout_stats)
 
 RESUMABLE = {"iterations", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "awac_out"}
 KEYS = stage_one.KEYS
@@ -225,16 +226,15 @@ def main(args: Args) -> dict:
         print(json.dumps({"awac_start": round(history[0]["normalized_score"], 2)}), flush=True)
     logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"mb2po_seed{args.seed}")
     bar = tqdm.tqdm(total=args.iterations, initial=iteration, desc="MB2PO iterations", disable=not args.progress)
-    started = time.time() - wall
+    started, first_iteration = time.time() - wall, iteration
     while iteration < args.iterations:
         with torch.no_grad():  # stochastic policy, as Algorithm 1's a_j ~ π(s_j)
             rollout = env.rollout(args.horizon, agent.policy, break_when_any_done=False)
         buffer.extend(rollout.reshape(-1).select(*KEYS))
-        uncertainty = rollout["next", "uncertainty"]
-        model_stats = {"model_reward": rollout["next", "model_reward"].mean().item(),
-                       "model_uncertainty": uncertainty.mean().item(),
-                       "model_penalty": args.penalty_coef * uncertainty.mean().item(),
-                       "model_terminated": rollout["next", "terminated"].float().mean().item()}
+        model_stats = rollout_stats(rollout, args.penalty_coef)
+        if iteration == first_iteration and (warning := negative_reward_warning(
+                model_stats, getattr(env, "termination_fn", None) is not None)) is not None:
+            warnings.warn(warning, stacklevel=1)
         sums: dict[str, float] = {}
         for _ in range(args.updates_per_iteration):
             for key, value in agent.update(buffer.sample()).items():

@@ -73,6 +73,10 @@ def test_mb2po_example_trains_stage_one_then_fine_tunes_and_resumes(small_hopper
     for key in ("model_reward", "model_penalty", "model_terminated", "q_data", "advantage", "weight_mean"):
         assert key in record["history"][-1], key
     assert "λ=5.0, h=5, ω=0.5" in result.stdout  # MOPO's hopper-medium λ and h; the documented ω
+    # the first iteration's rollouts decide the falling warning, as in MOPO (the shared rollout_stats)
+    first = (out / "logs" / "mb2po_seed0" / "scalars" / "model_penalised_reward.csv").read_text().splitlines()[0]
+    assert first.startswith("10,")
+    assert ("will learn to fall" in result.stderr) == (float(first.split(",")[1]) < 0)
     again = run("mb2po.py", *cmd)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage one: no" not in again.stdout and "fit dynamics ensemble" not in again.stderr

@@ -74,3 +74,18 @@ def test_model_env_exposes_its_termination_fn_for_the_warning():
     without = ConservativeModelEnv(ensemble, start_states=healthy_starts(), batch_size=2)
     assert getattr(with_falls, "termination_fn", None) is not None
     assert getattr(without, "termination_fn", None) is None
+
+
+def test_rollout_stats_are_the_means_the_examples_log():
+    reward = torch.tensor([[[1.0], [-3.0]], [[2.0], [0.0]]])
+    rollout = TensorDict({"action": torch.tensor([[[1.0, 0.2], [0.0, -0.995]], [[0.5, 0.5], [0.1, 0.0]]]),
+                          "next": {"reward": reward, "model_reward": reward + 1.0,
+                                   "uncertainty": torch.tensor([[[0.5], [1.5]], [[1.0], [1.0]]]),
+                                   "terminated": torch.tensor([[[False], [True]], [[False], [False]]])}},
+                         batch_size=[2, 2])
+    stats = training.rollout_stats(rollout, penalty_coef=2.0)
+    assert stats["model_penalised_reward"] == 0.0 and stats["model_reward"] == 1.0
+    assert stats["model_uncertainty"] == 1.0 and stats["model_penalty"] == 2.0
+    assert stats["model_terminated"] == 0.25 and stats["model_saturated_actions"] == 2 / 8
+    with pytest.raises(KeyError, match="uncertainty"):
+        training.rollout_stats(rollout.exclude(("next", "uncertainty")), penalty_coef=2.0)
