@@ -246,7 +246,7 @@ class DynamicsEnsemble(nn.Module):
             holdout_ratio, max_holdout: held-out split size.
             batch_size: rows per member per gradient step. Default 256.
             lr: Adam learning rate. Default 1e-3.
-            max_epochs: cap on epochs (None: until early stopping).
+            max_epochs: cap on epochs, >= 1 (None: until early stopping).
             patience: epochs without improvement before stopping. Default 5.
             improvement_threshold: relative held-out improvement that counts. Default 0.01.
             logvar_bound_coef: weight of the log-variance bound term. Default 0.01.
@@ -258,8 +258,12 @@ class DynamicsEnsemble(nn.Module):
             ``holdout_mse_final`` (per member), ``train_loss`` (per epoch), ``epochs``, ``elites``.
 
         Raises:
-            ValueError: missing keys, wrong shapes, non-finite values, or fewer than 2 transitions.
+            ValueError: missing keys, wrong shapes, non-finite values, fewer than 2 transitions, or ``max_epochs`` not
+                a positive int or None.
         """
+        if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)
+                                       or max_epochs < 1):
+            raise ValueError(f"max_epochs must be a positive int or None (no cap), got {max_epochs!r}")
         observation, action, next_observation, reward = self._check_transitions(transitions)
         n = observation.shape[0]
         generator = torch.Generator().manual_seed(seed)

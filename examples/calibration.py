@@ -43,6 +43,8 @@ class Args:
     """Where examples/mopo.py caches ensembles (fitted here when absent: minutes)."""
     ensemble_seed: int = 0
     """The cached ensemble's seed."""
+    ensemble_max_epochs: int = 50
+    """The cached ensemble's epoch cap (examples/mopo.py's --ensemble-max-epochs; used to fit it when absent)."""
     policy: str = ""
     """A SAC checkpoint of examples/mopo.py (checkpoint_seed<S>.pt) for the model rollouts; empty: uniform random."""
     num_pairs: int = 5_000
@@ -105,7 +107,8 @@ def main(args: Args) -> dict:
     data = load_dataset(dataset)
     n = args.max_transitions if args.max_transitions >= 0 else default_max_transitions(data.shape[0])
     data = data[:n] if n else data
-    ensemble, _ = fit_or_load_ensemble(args.ensemble_dir, dataset, data, seed=args.ensemble_seed, max_epochs=50)
+    ensemble, _ = fit_or_load_ensemble(args.ensemble_dir, dataset, data, seed=args.ensemble_seed,
+                                       max_epochs=args.ensemble_max_epochs)
     ensemble.eval()
     horizon, _ = mopo_hyperparameters(dataset)
     termination_fn = env_id.split("-")[0].lower()

@@ -1,4 +1,6 @@
 """The README's commands and quickstart, and smoke runs of the examples with tiny budgets."""
+import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -87,3 +89,51 @@ def test_behavior_training_example_smoke(tmp_path):
     make_sac_actor(11, 3, snapshot["hidden_sizes"]).load_state_dict(snapshot["actor"])
     resumed = subprocess.run(cmd[:3] + ["600"] + cmd[4:], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and "resumed at 400 frames" in resumed.stdout
+
+
+def test_mopo_target_entropy_option():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mopo_example", ROOT / "examples" / "mopo.py")
+    mopo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mopo  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mopo)
+    assert mopo.Args().target_entropy == "auto"  # OfflineRL-Kit's -dim(A) stays the default
+    args = mopo.parse_args(["--target-entropy", "-3"])  # MOPO's code value, a negative number on the command line
+    assert mopo.parse_target_entropy(args.target_entropy) == -3.0
+    assert mopo.parse_target_entropy("auto") == "auto"
+    for bad in ("hot", "nan", "inf", ""):
+        with pytest.raises(SystemExit, match=f"--target-entropy must be auto or a finite number.*{bad!r}"):
+            mopo.parse_target_entropy(bad)
+    from cmbrl import SAC
+    assert float(SAC(11, 3, target_entropy=-3.0, seed=0).loss_module.target_entropy) == -3.0
+
+
+def test_policy_in_real_env_example(small_hopper_dataset, tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("policy_in_real_env", ROOT / "examples" / "policy_in_real_env.py")
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(example)
+    from cmbrl import SAC, DynamicsEnsemble, load_dataset
+    data = load_dataset(small_hopper_dataset)
+    ensemble = DynamicsEnsemble(11, 3, seed=0)
+    ensemble.fit(data, max_epochs=1)
+    ensemble.save(tmp_path / "ensemble.pt")
+    torch.save({"agent": SAC(11, 3, seed=0).state_dict()}, tmp_path / "checkpoint.pt")
+    args = example.Args(policy=str(tmp_path / "checkpoint.pt"), ensemble=str(tmp_path / "ensemble.pt"),
+                        dataset=small_hopper_dataset, episodes=2, max_steps=30, num_pairs=200,
+                        json=str(tmp_path / "out.json"))
+    results = example.main(args)
+    assert len(results["episodes"]) == 2
+    for entry in results["episodes"]:
+        assert 1 <= entry["steps"] <= 30
+        assert abs(entry["real_reward"] * entry["steps"] - entry["return"]) < 1e-3 * max(1.0, abs(entry["return"]))
+        assert entry["u"] > 0 and entry["next_state_error"] > 0 and 0 <= entry["saturated"] <= 1
+        assert len(entry["velocity_per_tenth"]) == min(10, entry["steps"])  # Hopper's x-velocity, index 5
+    assert results["data"]["steps"] == 200 and results["data"]["u"] > 0
+    assert abs(results["data"]["real_reward"] - data["next", "reward"].mean().item()) < 0.5  # a sample of the data
+    assert json.loads((tmp_path / "out.json").read_text())["episodes"][0]["steps"] == results["episodes"][0]["steps"]
+    with pytest.raises(SystemExit, match="--policy .* and --ensemble .* are required"):
+        example.main(example.Args(ensemble=str(tmp_path / "ensemble.pt")))
+    with pytest.raises(SystemExit, match=r"the ensemble is for \(O, A\) = \(11, 3\), HalfCheetah-v5 has \(17, 6\)"):
+        example.main(dataclasses.replace(args, env_id="HalfCheetah-v5"))

@@ -1,4 +1,6 @@
 """cmbrl.components.training: MC returns, the Q probe, the MOPO table and the ensemble cache."""
+import json
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -55,6 +57,36 @@ def test_ensemble_is_fitted_once_then_loaded(tmp_path, monkeypatch):
     second, _ = training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=1, progress=False)
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_cached_ensemble_with_another_epoch_cap_is_refused(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    obs, act = torch.randn(n, 3, generator=g), torch.rand(n, 2, generator=g) * 2 - 1
+    data = TensorDict({"observation": obs, "action": act,
+                       "next": {"observation": obs + 0.1 * act.sum(-1, keepdim=True), "reward": act[:, :1]}},
+                      batch_size=[n])
+    _, report = training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=1, progress=False)
+    assert report["max_epochs"] == 1 and report["epochs"] == 1  # stopped by the cap: another cap gives another fit
+    with pytest.raises(ValueError, match=r"max_epochs=1 .*max_epochs=3 was asked for"):
+        training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=3, progress=False)
+    path = tmp_path / "ensemble_test_x-v0_n300_seed1.json"
+    assert path.exists()  # the refusal deleted nothing
+    # a fit that early stopping ended before both caps is the same fit under either cap: reused
+    monkeypatch.setattr(training.DynamicsEnsemble, "fit", lambda *a, **k: pytest.fail("fitted twice"))
+    path.write_text(json.dumps({**report, "max_epochs": 50, "epochs": 12}))
+    _, again = training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=400, progress=False)
+    assert again["epochs"] == 12
+    with pytest.raises(ValueError, match="max_epochs=50"):  # 12 >= 10: a cap of 10 would have cut it short
+        training.fit_or_load_ensemble(tmp_path, "test/x-v0", data, seed=1, max_epochs=10, progress=False)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_ensemble_fit_refuses_a_bad_epoch_cap(bad):
+    data = TensorDict({"observation": torch.zeros(4, 3), "action": torch.zeros(4, 2),
+                       "next": {"observation": torch.zeros(4, 3), "reward": torch.zeros(4, 1)}}, batch_size=[4])
+    with pytest.raises(ValueError, match=f"max_epochs must be a positive int or None.*{bad!r}"):
+        training.DynamicsEnsemble(3, 2, seed=0).fit(data, max_epochs=bad)
 
 
 def test_negative_penalised_reward_warns_only_where_falling_pays():

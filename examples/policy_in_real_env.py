@@ -1,0 +1,172 @@
+"""Where a trained policy goes in the real environment, and what the dynamics model says about those states.
+
+    python examples/policy_in_real_env.py \
+        --policy runs/mopo/checkpoint_seed0.pt --ensemble runs/mopo/ensemble_cmbrl_hopper_medium-replay-v0_n125000_seed0.pt \
+        --dataset hopper-medium-replay --penalty-coef 2.5
+
+A model-based policy that scores badly either exploits the model (the model promises reward where the real env pays
+none, and the penalty misses it) or fails in ways the model gets right. This tells the two apart. It runs
+``--episodes`` deterministic episodes of a SAC checkpoint of ``examples/mopo.py`` in the real env and, at every
+visited (s, a), evaluates the ensemble: the elites' mean predicted reward against the real reward, the elites' mean
+next observation against the real one (L2 error), and the MOPO penalty ``u`` (``--penalty``); the same on a sample
+of the dataset's own pairs, and at the dataset's states with the policy's actions. Per episode it also prints the
+forward velocity per tenth of the episode (observation index ``--velocity-index``, HalfCheetah/Hopper/Walker2d's
+x-velocity; -1: off), the share of saturated action components (``|a| > 0.99``) and the last observation's first
+two entries (height and torso angle for these three envs), so a policy that stalls in a pose shows as such.
+
+Reading it: model reward ≈ real reward and ``u`` at the data's level on the visited states means no exploitation
+there; a model reward well above the real one with a small ``u`` is exploitation the penalty does not see.
+``--json`` writes the numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+
+from cmbrl import SAC, DynamicsEnsemble, load_dataset
+from cmbrl.components.penalties import get_penalty
+from cmbrl.components.training import dataset_env_id, parse_dataclass_args
+
+
+@dataclasses.dataclass
+class Args:
+    policy: str = ""
+    """A SAC checkpoint of examples/mopo.py (checkpoint_seed<S>.pt). Required."""
+    ensemble: str = ""
+    """A DynamicsEnsemble.save file (the run's cached ensemble). Required."""
+    dataset: str = "hopper-medium-replay"
+    """The dataset the ensemble was fitted on (its short name or Minari id): the data reference rows, and the env."""
+    env_id: str = ""
+    """Gymnasium env id ("": the dataset's)."""
+    penalty: str = "max_aleatoric"
+    """The uncertainty penalty u (cmbrl.PENALTIES name)."""
+    penalty_coef: float = 1.0
+    """λ, to print r̂ − λ·u."""
+    episodes: int = 3
+    """Deterministic real-env episodes."""
+    max_steps: int = 1_000
+    """Steps per episode at most."""
+    num_pairs: int = 5_000
+    """Dataset pairs for the reference rows."""
+    velocity_index: int = -2
+    """Observation index of the forward velocity (-2: the env's x-velocity for HalfCheetah/Hopper/Walker2d, -1: off)."""
+    seed: int = 0
+    """Seeds the episodes (reset seeds seed, seed+1, ...) and the dataset sample."""
+    json: str = ""
+    """Write the numbers here too."""
+
+
+VELOCITY_INDEX = {"HalfCheetah": 8, "Hopper": 5, "Walker2d": 8}
+"""Index of the x-velocity in the v5 observation (``qpos[1:]`` then ``qvel``)."""
+
+
+def model_view(ensemble: DynamicsEnsemble, penalty, observation: torch.Tensor, action: torch.Tensor,
+               generator: torch.Generator) -> dict:
+    """Elites' mean reward and next observation, and ``u`` (one random elite per row, as the model env draws it, for
+    the penalties that read it), for pairs ``(B, O)``, ``(B, A)``."""
+    with torch.no_grad():
+        mean, std = ensemble(observation, action, members="all")
+        member = ensemble.elite_indices[torch.randint(ensemble.num_elites, (observation.shape[0],),
+                                                      generator=generator)]
+        elites = mean[ensemble.elite_indices]
+        return {"model_reward": elites[..., -1].mean(0), "model_next": elites[..., :-1].mean(0),
+                "u": penalty(mean, std, member)}
+
+
+def main(args: Args) -> dict:
+    import gymnasium as gym
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    if not args.policy or not args.ensemble:
+        raise SystemExit("--policy (a SAC checkpoint of examples/mopo.py) and --ensemble (a DynamicsEnsemble file) "
+                         f"are required; got policy={args.policy!r}, ensemble={args.ensemble!r}")
+    if args.episodes < 1 or args.max_steps < 1:
+        raise SystemExit(f"--episodes and --max-steps must be >= 1, got {args.episodes} and {args.max_steps}")
+    dataset, env_id = dataset_env_id(args.dataset, args.env_id)
+    ensemble = DynamicsEnsemble.load(args.ensemble).eval()
+    penalty = get_penalty(args.penalty)
+    env = gym.make(env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if (obs_dim, act_dim) != (ensemble.observation_dim, ensemble.action_dim):
+        raise SystemExit(f"the ensemble is for (O, A) = ({ensemble.observation_dim}, {ensemble.action_dim}), "
+                         f"{env_id} has ({obs_dim}, {act_dim})")
+    agent = SAC(obs_dim, act_dim, seed=args.seed)
+    agent.load_state_dict(torch.load(args.policy, weights_only=False)["agent"])
+    velocity_index = (VELOCITY_INDEX.get(env_id.split("-")[0], -1) if args.velocity_index == -2
+                      else args.velocity_index)
+
+    def act(observation: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+            return agent.policy(TensorDict({"observation": observation}, [observation.shape[0]]))["action"]
+
+    gen = torch.Generator().manual_seed(args.seed)
+    results: dict = {"episodes": []}
+    lines = [f"policy {args.policy} in {env_id}; ensemble {args.ensemble}; penalty {args.penalty}, "
+             f"λ={args.penalty_coef}", "", "| pairs | steps | real r | model r̂ | r̂ − λu | u | next-state error | "
+             "saturated |", "|---|---|---|---|---|---|---|---|"]
+    for episode in range(args.episodes):
+        observation, _ = env.reset(seed=args.seed + episode)
+        states, actions, rewards, next_states = [], [], [], []
+        for _ in range(args.max_steps):
+            action = act(torch.as_tensor(observation, dtype=torch.float32)[None])[0].numpy()
+            states.append(observation)
+            actions.append(action)
+            observation, reward, terminated, truncated, _ = env.step(action)
+            rewards.append(reward)
+            next_states.append(observation)
+            if terminated or truncated:
+                break
+        s, a, r, s2 = (torch.as_tensor(np.asarray(x), dtype=torch.float32)
+                       for x in (states, actions, rewards, next_states))
+        view = model_view(ensemble, penalty, s, a, gen)
+        entry = {"steps": len(rewards), "return": float(r.sum()), "real_reward": float(r.mean()),
+                 "model_reward": float(view["model_reward"].mean()), "u": float(view["u"].mean()),
+                 "next_state_error": float((view["model_next"] - s2).norm(dim=-1).mean()),
+                 "saturated": float((a.abs() > 0.99).float().mean()),
+                 "last_observation_head": [round(float(v), 3) for v in s2[-1, :2]]}
+        if velocity_index >= 0:
+            entry["velocity_per_tenth"] = [round(float(chunk.mean()), 2)
+                                           for chunk in torch.tensor_split(s2[:, velocity_index], 10) if len(chunk)]
+        results["episodes"].append(entry)
+        lines.append(f"| episode {episode} (return {entry['return']:.0f}) | {entry['steps']} | "
+                     f"{entry['real_reward']:.2f} | {entry['model_reward']:.2f} | "
+                     f"{entry['model_reward'] - args.penalty_coef * entry['u']:.2f} | {entry['u']:.2f} | "
+                     f"{entry['next_state_error']:.2f} | {entry['saturated']:.2f} |")
+
+    data = load_dataset(dataset)
+    idx = torch.randperm(data.shape[0], generator=gen)[:args.num_pairs]
+    s, a = data["observation"][idx], data["action"][idx]
+    view = model_view(ensemble, penalty, s, a, gen)
+    results["data"] = {"steps": len(idx), "real_reward": float(data["next", "reward"][idx].mean()),
+                       "model_reward": float(view["model_reward"].mean()), "u": float(view["u"].mean()),
+                       "next_state_error": float((view["model_next"] - data["next", "observation"][idx])
+                                                 .norm(dim=-1).mean()),
+                       "saturated": float((a.abs() > 0.99).float().mean())}
+    policy_actions = act(s)
+    view = model_view(ensemble, penalty, s, policy_actions, gen)
+    results["data_states_policy_actions"] = {"steps": len(idx), "model_reward": float(view["model_reward"].mean()),
+                                             "u": float(view["u"].mean()),
+                                             "saturated": float((policy_actions.abs() > 0.99).float().mean())}
+    d, p = results["data"], results["data_states_policy_actions"]
+    lines.append(f"| data pairs | {d['steps']} | {d['real_reward']:.2f} | {d['model_reward']:.2f} | "
+                 f"{d['model_reward'] - args.penalty_coef * d['u']:.2f} | {d['u']:.2f} | "
+                 f"{d['next_state_error']:.2f} | {d['saturated']:.2f} |")
+    lines.append(f"| data states, policy actions | {p['steps']} | | {p['model_reward']:.2f} | "
+                 f"{p['model_reward'] - args.penalty_coef * p['u']:.2f} | {p['u']:.2f} | | {p['saturated']:.2f} |")
+    lines.append("")
+    for episode, entry in enumerate(results["episodes"]):
+        velocity = f"velocity per tenth {entry['velocity_per_tenth']}, " if "velocity_per_tenth" in entry else ""
+        lines.append(f"episode {episode}: {velocity}last observation[:2] {entry['last_observation_head']}")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_dataclass_args(Args, None, __doc__))
