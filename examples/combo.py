@@ -87,10 +87,7 @@ class Args:
     actor_lr_schedule: str = "cosine"
     """cosine (Kit: CosineAnnealingLR over the epochs of rollout_every steps) or constant."""
     ensemble_max_epochs: int = 50
-    """Cap on ensemble training epochs (MOPO and OfflineRL-Kit have none: early stopping only). 50 fits the README's
-    CPU budgets; it under-fits some datasets (walker2d-medium-replay: held-out MSE 0.60 at 50 epochs, 0.35 at 216,
-    still falling; halfcheetah-medium-replay: 0.64 at 40, 0.64 at 50). A cached fit made with another cap that
-    would differ is refused (see ``fit_or_load_ensemble``)."""
+    """Cap on ensemble training epochs (as examples/mopo.py's; a cached fit made under another cap is refused)."""
     ensemble_seed: int = -1
     """Seed of the dynamics ensemble (-1: --seed). Runs sharing it and --ensemble-dir share one fit (MOPO's too)."""
     ensemble_dir: str = ""

@@ -107,10 +107,7 @@ class Args:
     batch_size: int = 256
     """AWAC minibatch."""
     ensemble_max_epochs: int = 50
-    """Cap on ensemble training epochs (MOPO and OfflineRL-Kit have none: early stopping only). 50 fits the README's
-    CPU budgets; it under-fits some datasets (walker2d-medium-replay: held-out MSE 0.60 at 50 epochs, 0.35 at 216,
-    still falling; halfcheetah-medium-replay: 0.64 at 40, 0.64 at 50). A cached fit made with another cap that
-    would differ is refused (see ``fit_or_load_ensemble``)."""
+    """Cap on ensemble training epochs (as examples/mopo.py's; a cached fit made under another cap is refused)."""
     ensemble_seed: int = -1
     """Seed of the dynamics ensemble (-1: --seed); shared with MOPO runs through --ensemble-dir."""
     ensemble_dir: str = ""

@@ -82,9 +82,9 @@ class Args:
     every environment, softlearning's base.py)."""
     ensemble_max_epochs: int = 50
     """Cap on ensemble training epochs (MOPO and OfflineRL-Kit have none: early stopping only). 50 fits the README's
-    CPU budgets; it under-fits some datasets (walker2d-medium-replay: held-out MSE 0.60 at 50 epochs, 0.35 at 216,
-    still falling; halfcheetah-medium-replay: 0.64 at 40, 0.64 at 50). A cached fit made with another cap that
-    would differ is refused (see ``fit_or_load_ensemble``)."""
+    CPU budgets; it under-fits some datasets (walker2d-medium-replay: held-out MSE 0.59 at 50 epochs, 0.32 when
+    early stopping ended it at 289; halfcheetah-medium-replay: 0.64 at 40, 0.64 at 50). A cached fit made with
+    another cap that would differ is refused (see ``fit_or_load_ensemble``)."""
     ensemble_seed: int = -1
     """Seed of the dynamics ensemble (-1: --seed). Seeds sharing an ensemble seed and --ensemble-dir share one fit."""
     ensemble_dir: str = ""
@@ -127,7 +127,7 @@ def main(args: Args) -> dict:
     args = resolve_settings(args)
     if args.actor_lr_schedule not in ("cosine", "constant"):
         raise SystemExit(f"--actor-lr-schedule must be cosine or constant, got {args.actor_lr_schedule!r}")
-    parse_target_entropy(args.target_entropy)  # refuse a bad value before the data and the fit
+    target_entropy = parse_target_entropy(args.target_entropy)  # refuse a bad value before the data and the fit
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,7 +152,7 @@ def main(args: Args) -> dict:
     eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
     eval_env.set_seed(args.seed)
     agent = SAC(obs_dim, act_dim, actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr,
-                target_entropy=parse_target_entropy(args.target_entropy), seed=args.seed)
+                target_entropy=target_entropy, seed=args.seed)
     return train_in_model(
         args, name="MOPO", agent=agent, env=env, eval_env=eval_env, data=data, fit=fit, resumable=RESUMABLE,
         keys=KEYS, metric_keys=("alpha", "entropy", "loss_qvalue", "loss_actor"), penalty_coef=args.penalty_coef,

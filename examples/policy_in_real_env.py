@@ -11,7 +11,7 @@ visited (s, a), evaluates the ensemble: the elites' mean predicted reward agains
 next observation against the real one (L2 error), and the MOPO penalty ``u`` (``--penalty``); the same on a sample
 of the dataset's own pairs, and at the dataset's states with the policy's actions. Per episode it also prints the
 forward velocity per tenth of the episode (observation index ``--velocity-index``, HalfCheetah/Hopper/Walker2d's
-x-velocity; -1: off), the share of saturated action components (``|a| > 0.99``) and the last observation's first
+x-velocity, qvel[0]; -1: off), the share of saturated action components (``|a| > 0.99``) and the last observation's first
 two entries (height and torso angle for these three envs), so a policy that stalls in a pose shows as such.
 
 Reading it: model reward ≈ real reward and ``u`` at the data's level on the visited states means no exploitation
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cmbrl import SAC, DynamicsEnsemble, load_dataset
+from cmbrl.components.calibration import CALIBRATION_ENVS
 from cmbrl.components.penalties import get_penalty
 from cmbrl.components.training import dataset_env_id, parse_dataclass_args
 
@@ -52,15 +53,12 @@ class Args:
     num_pairs: int = 5_000
     """Dataset pairs for the reference rows."""
     velocity_index: int = -2
-    """Observation index of the forward velocity (-2: the env's x-velocity for HalfCheetah/Hopper/Walker2d, -1: off)."""
+    """Observation index of the forward velocity (-2: the x-velocity, qvel[0], for the envs whose observation is
+    qpos[1:] then qvel, ``cmbrl.components.calibration.CALIBRATION_ENVS``; -1: off)."""
     seed: int = 0
     """Seeds the episodes (reset seeds seed, seed+1, ...) and the dataset sample."""
     json: str = ""
     """Write the numbers here too."""
-
-
-VELOCITY_INDEX = {"HalfCheetah": 8, "Hopper": 5, "Walker2d": 8}
-"""Index of the x-velocity in the v5 observation (``qpos[1:]`` then ``qvel``)."""
 
 
 def model_view(ensemble: DynamicsEnsemble, penalty, observation: torch.Tensor, action: torch.Tensor,
@@ -96,8 +94,9 @@ def main(args: Args) -> dict:
                          f"{env_id} has ({obs_dim}, {act_dim})")
     agent = SAC(obs_dim, act_dim, seed=args.seed)
     agent.load_state_dict(torch.load(args.policy, weights_only=False)["agent"])
-    velocity_index = (VELOCITY_INDEX.get(env_id.split("-")[0], -1) if args.velocity_index == -2
-                      else args.velocity_index)
+    velocity_index = args.velocity_index
+    if velocity_index == -2:  # qvel[0] follows the nq - 1 entries of qpos[1:]
+        velocity_index = env.unwrapped.model.nq - 1 if env_id in CALIBRATION_ENVS else -1
 
     def act(observation: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
