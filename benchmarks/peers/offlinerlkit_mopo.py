@@ -1,0 +1,190 @@
+"""OfflineRL-Kit's MOPO on a cmbrl dataset, with ``examples/mopo.py``'s settings: the side-by-side check.
+
+OfflineRL-Kit (https://github.com/yihaosun1124/OfflineRL-Kit) is not a dependency and none of its code is here:
+this driver imports a checkout of it (``--kit-path``) and drives its ``EnsembleDynamics`` and ``MOPOPolicy`` on the
+same transitions, λ, h and budget as a ``benchmarks/learning.py`` MOPO cell::
+
+    git clone https://github.com/yihaosun1124/OfflineRL-Kit /tmp/OfflineRL-Kit
+    python benchmarks/peers/offlinerlkit_mopo.py --kit-path /tmp/OfflineRL-Kit \\
+        --dataset cmbrl/halfcheetah/medium-replay-v0 --penalty-coef 0.5 --horizon 5 --seed 0 --out runs/kit/hcmr_s0
+
+Settings shared with the cmbrl cell (``examples/mopo.py`` defaults): 7 members / 5 elites of 4×200 (Kit's), the
+fit capped at ``--dynamics-max-epochs`` 50 (Kit's early stopping otherwise), ``--rollout-batch-size`` 10,000 rollouts
+every 1,000 steps kept for 5 rollouts, real_ratio 0.05, batch 256, SAC 2×256 with Kit's learning rates (actor and
+α 1e-4, critics 3e-4), the actor's lr cosine-annealed over the run's epochs, target entropy −dim(A), evaluation
+every ``--eval-every`` epochs of 1,000 steps with 5 deterministic episodes in the Gymnasium v5 env.
+
+Writes ``<out>/result.json`` (``history``: step, normalized_score, returns, q_data (min of the critics on 1,000
+dataset pairs), entropy (on those states), Kit's losses and α, and the last rollout's model_reward (r before the
+penalty), uncertainty (u), termination_rate and saturated (share of |a| > 0.99)) and ``<out>/dynamics`` (Kit's
+fitted model; an existing one is loaded, so seeds can share a fit by copying it).
+"""
+import argparse
+import json
+import random
+import sys
+import time
+import types
+from pathlib import Path
+
+import gymnasium
+import gymnasium.envs.mujoco.mujoco_env  # noqa: F401  (Kit imports gym.envs.mujoco)
+import numpy as np
+import torch
+
+from cmbrl import load_dataset
+from cmbrl.components.datasets import DATASET_RECIPES, resolve_dataset_id
+
+
+def import_kit(kit_path: str):
+    """Kit imports the old ``gym`` (served here by Gymnasium) and tensorboard (its logger; stubbed)."""
+    sys.modules.setdefault("gym", gymnasium)
+    stub = types.ModuleType("torch.utils.tensorboard")
+    stub.SummaryWriter = object
+    sys.modules.setdefault("torch.utils.tensorboard", stub)
+    sys.path.insert(0, kit_path)
+    from offlinerlkit.buffer import ReplayBuffer
+    from offlinerlkit.dynamics import EnsembleDynamics
+    from offlinerlkit.modules import ActorProb, Critic, EnsembleDynamicsModel, TanhDiagGaussian
+    from offlinerlkit.nets import MLP
+    from offlinerlkit.policy import MOPOPolicy
+    from offlinerlkit.utils.scaler import StandardScaler
+    from offlinerlkit.utils.termination_fns import get_termination_fn
+    return types.SimpleNamespace(**locals())
+
+
+class FitLog:
+    """The few methods of Kit's Logger that ``EnsembleDynamics.train`` calls."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir, self.rows, self.row = str(model_dir), [], {}
+
+    def log(self, text):
+        print(text, flush=True)
+
+    def logkv(self, key, value):
+        self.row[key] = float(value)
+
+    def set_timestep(self, t):
+        self.row["epoch"] = t
+
+    def dumpkvs(self, exclude=None):
+        self.rows.append(self.row)
+        print(self.row, flush=True)
+        self.row = {}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kit-path", required=True, help="a checkout of OfflineRL-Kit")
+    p.add_argument("--dataset", default="cmbrl/halfcheetah/medium-replay-v0")
+    p.add_argument("--max-transitions", type=int, default=0, help="first N transitions (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30, help="epochs of 1,000 SAC steps")
+    p.add_argument("--eval-every", type=int, default=5, help="epochs between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--penalty-coef", type=float, required=True, help="λ")
+    p.add_argument("--horizon", type=int, required=True, help="h")
+    p.add_argument("--rollout-batch-size", type=int, default=10_000)
+    p.add_argument("--dynamics-max-epochs", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    kit = import_kit(a.kit_path)
+    torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    dataset_id = resolve_dataset_id(a.dataset)
+    recipe = DATASET_RECIPES[dataset_id]
+    td = load_dataset(dataset_id)
+    if a.max_transitions:
+        td = td[:a.max_transitions]
+    data = {"observations": td["observation"].numpy(), "actions": td["action"].numpy(),
+            "next_observations": td["next", "observation"].numpy(), "rewards": td["next", "reward"].reshape(-1).numpy(),
+            "terminals": td["next", "terminated"].reshape(-1).float().numpy()}
+    env = gymnasium.make(recipe.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+
+    actor = kit.ActorProb(kit.MLP(obs_dim, [256, 256]), kit.TanhDiagGaussian(
+        256, act_dim, unbounded=True, conditioned_sigma=True, max_mu=1.0), "cpu")
+    critics = [kit.Critic(kit.MLP(obs_dim + act_dim, [256, 256]), "cpu") for _ in range(2)]
+    actor_optim = torch.optim.Adam(actor.parameters(), lr=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optim, a.epochs)
+    log_alpha = torch.zeros(1, requires_grad=True)
+    model = kit.EnsembleDynamicsModel(obs_dim=obs_dim, action_dim=act_dim, hidden_dims=[200] * 4, num_ensemble=7,
+                                      num_elites=5, weight_decays=[2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4], device="cpu")
+    dynamics = kit.EnsembleDynamics(model, torch.optim.Adam(model.parameters(), lr=1e-3), kit.StandardScaler(),
+                                    kit.get_termination_fn(dataset_id.split("/")[1]), penalty_coef=a.penalty_coef)
+    policy = kit.MOPOPolicy(dynamics, actor, *critics, actor_optim,
+                            *[torch.optim.Adam(c.parameters(), lr=3e-4) for c in critics], tau=0.005, gamma=0.99,
+                            alpha=(-act_dim, log_alpha, torch.optim.Adam([log_alpha], lr=1e-4)))
+    real = kit.ReplayBuffer(len(data["observations"]), (obs_dim,), np.float32, act_dim, np.float32, "cpu")
+    real.load_dataset(data)
+    fake = kit.ReplayBuffer(a.rollout_batch_size * a.horizon * 5, (obs_dim,), np.float32, act_dim, np.float32, "cpu")
+
+    model_dir = out / "dynamics"
+    if (model_dir / "dynamics.pth").exists():
+        dynamics.load(str(model_dir))
+    else:
+        model_dir.mkdir(exist_ok=True)
+        log, started = FitLog(model_dir), time.time()
+        dynamics.train(real.sample_all(), log, max_epochs=a.dynamics_max_epochs, max_epochs_since_update=5)
+        (out / "dynamics_fit.json").write_text(json.dumps({"wall_time_s": time.time() - started, "epochs": log.rows}))
+
+    rollout_log = []  # Kit's dynamics.step, recorded: what its rollout saw
+    kit_step = dynamics.step
+
+    def recording_step(obs, action):
+        next_obs, reward, terminal, info = kit_step(obs, action)
+        rollout_log.append((info["raw_reward"].ravel(), info["penalty"].ravel(), terminal.ravel(),
+                            (np.abs(action) > 0.99).ravel()))
+        return next_obs, reward, terminal, info
+
+    dynamics.step = recording_step
+    probe = np.random.default_rng(1234).choice(len(data["observations"]), 1000, replace=False)
+    probe_obs, probe_act = torch.as_tensor(data["observations"][probe]), torch.as_tensor(data["actions"][probe])
+    history, started, step, model_stats = [], time.time(), 0, {}
+    for epoch in range(1, a.epochs + 1):
+        policy.train()
+        for _ in range(1000):
+            if step % 1000 == 0:  # Kit's MBPolicyTrainer: a rollout every 1,000 steps into the model buffer
+                rollout_log.clear()
+                transitions, _ = policy.rollout(real.sample(a.rollout_batch_size)["observations"].numpy(), a.horizon)
+                fake.add_batch(**transitions)
+                raw, penalty, terminal, saturated = (np.concatenate(parts) for parts in zip(*rollout_log))
+                model_stats = {"model_reward": float(raw.mean()), "uncertainty": float(penalty.mean()),
+                               "termination_rate": float(terminal.mean()), "saturated": float(saturated.mean())}
+            n_real = int(256 * 0.05)
+            loss = policy.learn({"real": real.sample(n_real), "fake": fake.sample(256 - n_real)})
+            step += 1
+        schedule.step()
+        if epoch % a.eval_every == 0 or epoch == a.epochs:
+            policy.eval()
+            returns = []
+            for episode in range(a.eval_episodes):
+                obs, _ = env.reset(seed=10_000 * a.seed + episode)
+                total, done = 0.0, False
+                while not done:
+                    action = policy.select_action(obs.reshape(1, -1).astype(np.float32), deterministic=True)[0]
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    total, done = total + reward, terminated or truncated
+                returns.append(total)
+            score = 100 * (np.mean(returns) - recipe.ref_min_score) / (recipe.ref_max_score - recipe.ref_min_score)
+            with torch.no_grad():
+                q = torch.min(critics[0](probe_obs, probe_act), critics[1](probe_obs, probe_act)).mean().item()
+                dist = actor(probe_obs)
+                entropy = -dist.log_prob(*dist.rsample()).mean().item()
+            point = {"step": step, "normalized_score": float(score), "returns": [float(r) for r in returns],
+                     "q_data": q, "entropy": entropy, "wall_s": time.time() - started,
+                     **{k: float(v) for k, v in loss.items()}, **model_stats}
+            history.append(point)
+            print(json.dumps(point), flush=True)
+            (out / "result.json").write_text(json.dumps({"args": vars(a), "history": history}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
