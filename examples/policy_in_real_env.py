@@ -74,6 +74,15 @@ def model_view(ensemble: DynamicsEnsemble, penalty, observation: torch.Tensor, a
                 "u": penalty(mean, std, member)}
 
 
+def table_row(label: str, entry: dict, penalty_coef: float) -> str:
+    """One markdown row: steps, real r, model r̂, r̂ − λu, u, next-state error, saturated ("" where not measured)."""
+    def cell(key: str) -> str:
+        return f"{entry[key]:.2f}" if key in entry else ""
+    penalised = f"{entry['model_reward'] - penalty_coef * entry['u']:.2f}"
+    return (f"| {label} | {entry['steps']} | {cell('real_reward')} | {cell('model_reward')} | {penalised} | "
+            f"{cell('u')} | {cell('next_state_error')} | {cell('saturated')} |")
+
+
 def main(args: Args) -> dict:
     import gymnasium as gym
     from tensordict import TensorDict
@@ -131,10 +140,7 @@ def main(args: Args) -> dict:
             entry["velocity_per_tenth"] = [round(float(chunk.mean()), 2)
                                            for chunk in torch.tensor_split(s2[:, velocity_index], 10) if len(chunk)]
         results["episodes"].append(entry)
-        lines.append(f"| episode {episode} (return {entry['return']:.0f}) | {entry['steps']} | "
-                     f"{entry['real_reward']:.2f} | {entry['model_reward']:.2f} | "
-                     f"{entry['model_reward'] - args.penalty_coef * entry['u']:.2f} | {entry['u']:.2f} | "
-                     f"{entry['next_state_error']:.2f} | {entry['saturated']:.2f} |")
+        lines.append(table_row(f"episode {episode} (return {entry['return']:.0f})", entry, args.penalty_coef))
 
     data = load_dataset(dataset)
     idx = torch.randperm(data.shape[0], generator=gen)[:args.num_pairs]
@@ -150,12 +156,8 @@ def main(args: Args) -> dict:
     results["data_states_policy_actions"] = {"steps": len(idx), "model_reward": float(view["model_reward"].mean()),
                                              "u": float(view["u"].mean()),
                                              "saturated": float((policy_actions.abs() > 0.99).float().mean())}
-    d, p = results["data"], results["data_states_policy_actions"]
-    lines.append(f"| data pairs | {d['steps']} | {d['real_reward']:.2f} | {d['model_reward']:.2f} | "
-                 f"{d['model_reward'] - args.penalty_coef * d['u']:.2f} | {d['u']:.2f} | "
-                 f"{d['next_state_error']:.2f} | {d['saturated']:.2f} |")
-    lines.append(f"| data states, policy actions | {p['steps']} | | {p['model_reward']:.2f} | "
-                 f"{p['model_reward'] - args.penalty_coef * p['u']:.2f} | {p['u']:.2f} | | {p['saturated']:.2f} |")
+    lines.append(table_row("data pairs", results["data"], args.penalty_coef))
+    lines.append(table_row("data states, policy actions", results["data_states_policy_actions"], args.penalty_coef))
     lines.append("")
     for episode, entry in enumerate(results["episodes"]):
         velocity = f"velocity per tenth {entry['velocity_per_tenth']}, " if "velocity_per_tenth" in entry else ""

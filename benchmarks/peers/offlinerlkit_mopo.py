@@ -29,11 +29,12 @@ from pathlib import Path
 
 import gymnasium
 import gymnasium.envs.mujoco.mujoco_env  # noqa: F401  (Kit imports gym.envs.mujoco)
+import minari
 import numpy as np
 import torch
 
 from cmbrl import load_dataset
-from cmbrl.components.datasets import DATASET_RECIPES, resolve_dataset_id
+from cmbrl.components.training import dataset_env_id
 
 
 def import_kit(kit_path: str):
@@ -98,15 +99,15 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    dataset_id = resolve_dataset_id(a.dataset)
-    recipe = DATASET_RECIPES[dataset_id]
-    td = load_dataset(dataset_id)
+    dataset_id, env_id = dataset_env_id(a.dataset)
+    td = load_dataset(dataset_id)  # generated locally when absent
+    dataset_meta = minari.load_dataset(dataset_id)  # its reference scores, as examples/mopo.py normalises
     if a.max_transitions:
         td = td[:a.max_transitions]
     data = {"observations": td["observation"].numpy(), "actions": td["action"].numpy(),
             "next_observations": td["next", "observation"].numpy(), "rewards": td["next", "reward"].reshape(-1).numpy(),
             "terminals": td["next", "terminated"].reshape(-1).float().numpy()}
-    env = gymnasium.make(recipe.env_id)
+    env = gymnasium.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
 
     actor = kit.ActorProb(kit.MLP(obs_dim, [256, 256]), kit.TanhDiagGaussian(
@@ -173,7 +174,7 @@ def main() -> None:
                     obs, reward, terminated, truncated, _ = env.step(action)
                     total, done = total + reward, terminated or truncated
                 returns.append(total)
-            score = 100 * (np.mean(returns) - recipe.ref_min_score) / (recipe.ref_max_score - recipe.ref_min_score)
+            score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
             with torch.no_grad():
                 q = torch.min(critics[0](probe_obs, probe_act), critics[1](probe_obs, probe_act)).mean().item()
                 dist = actor(probe_obs)
