@@ -3,6 +3,8 @@
     python benchmarks/learning.py --algos mopo bc --datasets hopper-medium hopper-medium-replay --seeds 0 1 2 \\
         --jobs 2 --budget short --out runs/learning
     python benchmarks/learning.py --out runs/learning --table-only       # table, CSVs and plots from the files
+    python benchmarks/learning.py --algos combo --seeds 0 1 2 --out runs/combo \
+        --restore benchmarks/results/learning_short_combo                # run seed 2 only; seeds 0, 1 from the saved table
     python benchmarks/learning.py --algos mopo --datasets hopper-medium --set mopo:hopper-medium:penalty_coef=2.5
 
 Cells. A cell (algo, dataset, seed) runs ``examples/<algo>.py`` in its own subprocess:
@@ -46,6 +48,11 @@ Outputs in ``--out``: ``results.csv`` (one row per cell), ``curves.csv`` (every 
 average normalised return from its dataset card, and "bc"), ``curves_<dataset>.png`` (mean over seeds with a
 min-max band against gradient steps; dashed lines for the data's average and BC's mean) and ``config.json`` (the
 selection and budget of the last run, the defaults of a later ``--table-only``).
+
+Across sessions. ``--restore DIR`` (repeatable) writes the finished cells of a saved copy of these outputs (its
+``results.csv`` and ``curves.csv``, e.g. ``benchmarks/results/<name>``) into ``--out`` as ``result.json`` files where
+the cell has none (:func:`restore_results`): those seeds then count as finished, so only the missing ones run, and
+the table covers both. A restored cell has its score, evaluation curve and wall time, not its logs or checkpoints.
 
 Datasets are loaded once in this process before any cell starts (generated or downloaded on first use), so that
 cells of one dataset don't race to write it; ``--no-prepare`` skips that. Cells run through :func:`run_cell`
@@ -185,6 +192,44 @@ def read_result(path: Path) -> dict | None:
     if not isinstance(result, dict) or not isinstance(result.get("normalized_score"), (int, float)):
         return None
     return result
+
+
+def restore_results(saved: Path, out: Path) -> list[Path]:
+    """Writes ``result.json`` for every finished row of a saved benchmark folder (``results.csv`` and ``curves.csv``,
+    e.g. ``benchmarks/results/<name>``) into the matching cell of ``out`` that has none, so that seeds run in an
+    earlier session (whose cell folders are gone) join the table of new ones. The restored file has the final score,
+    the evaluation history (step, normalised score), the wall time and ``"restored_from"``; existing cells are never
+    overwritten. Returns the paths written. Raises FileNotFoundError when ``saved`` has no ``results.csv``."""
+    saved, out = Path(saved), Path(out)
+    if not (saved / "results.csv").exists():
+        raise FileNotFoundError(f"--restore {saved}: no results.csv there (expected a folder written by this "
+                                f"benchmark, such as benchmarks/results/learning_short_combo)")
+    histories: dict[tuple[str, str, int], list[dict]] = {}
+    if (saved / "curves.csv").exists():
+        with open(saved / "curves.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                histories.setdefault((row["algo"], row["dataset"], int(row["seed"])), []).append(
+                    {"step": int(row["step"]), "normalized_score": float(row["normalized_score"])})
+    written = []
+    with open(saved / "results.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["status"] != "done" or not row["normalized_score"]:
+                continue
+            key = (row["algo"], row["dataset"], int(row["seed"]))
+            path = cell_dir(out, *key) / "result.json"
+            if read_result(path) is not None:
+                continue
+            history = sorted(histories.get(key, []), key=lambda point: point["step"])
+            if not history and row["final_step"]:
+                history = [{"step": int(row["final_step"]), "normalized_score": float(row["normalized_score"])}]
+            result = {"normalized_score": float(row["normalized_score"]), "history": history,
+                      "restored_from": str(saved)}
+            if row["wall_time_s"]:
+                result["wall_time_s"] = float(row["wall_time_s"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1))
+            written.append(path)
+    return written
 
 
 def parse_value(text: str):
@@ -597,6 +642,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--examples-dir", default=str(ROOT / "examples"), help="where <algo>.py are")
     parser.add_argument("--rerun", action="store_true", help="delete the selected finished cells and run them again")
     parser.add_argument("--table-only", action="store_true", help="only recompute the table, CSVs and plots")
+    parser.add_argument("--restore", action="append", default=[], metavar="DIR",
+                        help="a saved benchmark folder (results.csv, curves.csv) whose finished cells are written "
+                             "into --out where missing, so earlier seeds join this table; repeatable")
     parser.add_argument("--no-prepare", action="store_true", help="don't load the datasets here before the cells")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the cells to run and exit")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
@@ -652,6 +700,13 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
     missing = [algo for algo in algos if not (examples_dir / f"{algo}.py").exists()]
     if missing and not args.table_only:
         raise SystemExit(f"no example script for {missing} in {examples_dir}")
+
+    for saved in args.restore:
+        try:
+            restored = restore_results(Path(saved), out)
+        except FileNotFoundError as error:
+            raise SystemExit(f"error: {error}") from None
+        print(f"restored {len(restored)} finished cell(s) from {saved} into {out}", flush=True)
 
     cells: dict[tuple[str, str, int], Cell] = {}
     settings_lines = []

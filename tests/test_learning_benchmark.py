@@ -216,3 +216,27 @@ def test_budget_text_counts_finetune_in_online_env_steps(learning):
     checkpoint = learning.parse_set("finetune:offline_checkpoint=runs/awac/agent.pt")
     text = learning.budget_text(["finetune"], "short", [0], {"sets": [checkpoint]})
     assert "finetune from runs/awac/agent.pt" in text and "offline gradient steps" not in text
+
+
+def test_restore_adds_saved_seeds_to_a_new_run_without_rerunning_them(learning, examples, tmp_path):
+    first = tmp_path / "first"
+    assert run(learning, examples, first, seeds=("0",)) == 0
+    saved = tmp_path / "saved"  # what a session commits: the CSVs, not the cell folders
+    saved.mkdir()
+    for name in ("results.csv", "curves.csv"):
+        (saved / name).write_text((first / name).read_text())
+    before = len(calls(examples))
+    second = tmp_path / "second"
+    assert run(learning, examples, second, "--restore", str(saved), seeds=("0", "1")) == 0
+    ran = calls(examples)[before:]
+    assert sorted(line.split()[2] for line in ran) == ["1", "1"]  # bc and fake seed 1 only
+    restored = json.loads(result_path(second, "fake", 0).read_text())
+    assert restored["restored_from"] == str(saved)
+    assert [p["step"] for p in restored["history"]] == [20, 40]
+    assert "| 9.0 ± 5.0 | 2/2 | 4.0 / 14.0 |" in table_rows(second)[2]
+    # an existing cell is never overwritten
+    result_path(second, "fake", 1).write_text(json.dumps({"normalized_score": 99.0, "history": []}))
+    learning.restore_results(saved, second)
+    assert json.loads(result_path(second, "fake", 1).read_text())["normalized_score"] == 99.0
+    with pytest.raises(SystemExit, match="no results.csv"):
+        run(learning, examples, second, "--table-only", "--restore", str(tmp_path / "nowhere"))
