@@ -204,26 +204,28 @@ def restore_results(saved: Path, out: Path) -> list[Path]:
     if not (saved / "results.csv").exists():
         raise FileNotFoundError(f"--restore {saved}: no results.csv there (expected a folder written by this "
                                 f"benchmark, such as benchmarks/results/learning_short_combo)")
+    def key(row: dict) -> tuple[str, str, int]:
+        return row["algo"], row["dataset"], int(row["seed"])
+
     histories: dict[tuple[str, str, int], list[dict]] = {}
     if (saved / "curves.csv").exists():
         with open(saved / "curves.csv", newline="") as f:
             for row in csv.DictReader(f):
-                histories.setdefault((row["algo"], row["dataset"], int(row["seed"])), []).append(
+                histories.setdefault(key(row), []).append(
                     {"step": int(row["step"]), "normalized_score": float(row["normalized_score"])})
     written = []
     with open(saved / "results.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row["status"] != "done" or not row["normalized_score"]:
                 continue
-            key = (row["algo"], row["dataset"], int(row["seed"]))
-            path = cell_dir(out, *key) / "result.json"
+            path = cell_dir(out, *key(row)) / "result.json"
             if read_result(path) is not None:
                 continue
-            history = sorted(histories.get(key, []), key=lambda point: point["step"])
+            score = float(row["normalized_score"])
+            history = sorted(histories.get(key(row), []), key=lambda point: point["step"])
             if not history and row["final_step"]:
-                history = [{"step": int(row["final_step"]), "normalized_score": float(row["normalized_score"])}]
-            result = {"normalized_score": float(row["normalized_score"]), "history": history,
-                      "restored_from": str(saved)}
+                history = [{"step": int(row["final_step"]), "normalized_score": score}]
+            result = {"normalized_score": score, "history": history, "restored_from": str(saved)}
             if row["wall_time_s"]:
                 result["wall_time_s"] = float(row["wall_time_s"])
             path.parent.mkdir(parents=True, exist_ok=True)
