@@ -144,19 +144,24 @@ def main(args: Args) -> dict:
                                batch_size=args.rollout_batch_size, termination_fn=args.termination_fn, seed=args.seed)
     eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
     eval_env.set_seed(args.seed)
-    try:
-        agent = COMBO(obs_dim, act_dim, hidden_sizes=[int(w) for w in args.hidden_sizes.split(",")],
-                      actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr, beta=args.beta,
-                      num_action_samples=args.num_action_samples, prior=args.prior,
-                      prior_update_interval=args.prior_update_interval, rho=args.rho,
-                      deterministic_backup=bool(args.deterministic_backup), learn_beta=bool(args.learn_beta),
-                      beta_threshold=args.beta_threshold, seed=args.seed)
-    except ValueError as error:
-        raise SystemExit(f"bad COMBO setting: {error}") from error
+    agent = make_agent(args, obs_dim, act_dim)
     return train_in_model(
         args, name="COMBO", agent=agent, env=env, eval_env=eval_env, data=data, fit=fit, resumable=RESUMABLE,
         keys=KEYS, metric_keys=METRICS, mark_real=True,
         title=f"COMBO on {args.dataset} (β={args.beta}, h={args.horizon}, prior {args.prior}, seed {args.seed})")
+
+
+def make_agent(args: Args, observation_dim: int, action_dim: int) -> COMBO:
+    """The :class:`cmbrl.COMBO` of ``args`` (also rebuilds a checkpoint's agent from its saved ``args``)."""
+    try:
+        return COMBO(observation_dim, action_dim, hidden_sizes=[int(w) for w in args.hidden_sizes.split(",")],
+                     actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr, beta=args.beta,
+                     num_action_samples=args.num_action_samples, prior=args.prior,
+                     prior_update_interval=args.prior_update_interval, rho=args.rho,
+                     deterministic_backup=bool(args.deterministic_backup), learn_beta=bool(args.learn_beta),
+                     beta_threshold=args.beta_threshold, seed=args.seed)
+    except ValueError as error:
+        raise SystemExit(f"bad COMBO setting: {error}") from error
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

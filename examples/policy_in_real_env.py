@@ -6,13 +6,20 @@
 
 A model-based policy that scores badly either exploits the model (the model promises reward where the real env pays
 none, and the penalty misses it) or fails in ways the model gets right. This tells the two apart. It runs
-``--episodes`` deterministic episodes of a SAC checkpoint of ``examples/mopo.py`` in the real env and, at every
+``--episodes`` deterministic episodes of a checkpoint of ``examples/mopo.py`` (SAC) or ``examples/combo.py`` (COMBO)
+in the real env and, at every
 visited (s, a), evaluates the ensemble: the elites' mean predicted reward against the real reward, the elites' mean
 next observation against the real one (L2 error), and the MOPO penalty ``u`` (``--penalty``); the same on a sample
 of the dataset's own pairs, and at the dataset's states with the policy's actions. Per episode it also prints the
 forward velocity per tenth of the episode (observation index ``--velocity-index``, HalfCheetah/Hopper/Walker2d's
 x-velocity, qvel[0]; -1: off), the share of saturated action components (``|a| > 0.99``) and the last observation's first
-two entries (height and torso angle for these three envs), so a policy that stalls in a pose shows as such.
+two entries (height and torso angle for these three envs), so a policy that stalls in a pose shows as such. And the
+critics against the episode: at every visited (s, a), Q (the minimum over the critics, the value the backup uses)
+against the discounted return ``G = Σ_k γ^k r_{t+k}`` the policy actually collected from there, at the start state
+and averaged over the steps whose ``G`` is exact (all of them if the episode terminated, else those ≥ 300 steps
+before the time limit; ``cmbrl.components.training.discounted_returns_to_go``). Q above G means the critic
+overestimates the policy's own real value: COMBO's critic should sit below it (COMBO, arXiv:2102.08363, Theorem 1);
+a soft backup (SAC, MOPO) also counts the entropy bonus, so its Q sits above G by that much.
 
 Reading it: model reward ≈ real reward and ``u`` at the data's level on the visited states means no exploitation
 there; a model reward well above the real one with a small ``u`` is exploitation the penalty does not see.
@@ -22,20 +29,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 from cmbrl import SAC, DynamicsEnsemble, load_dataset
 from cmbrl.components.calibration import CALIBRATION_ENVS
 from cmbrl.components.penalties import get_penalty
-from cmbrl.components.training import dataset_env_id, parse_dataclass_args
+from cmbrl.components.training import critic_values, dataset_env_id, discounted_returns_to_go, parse_dataclass_args
 
 
 @dataclasses.dataclass
 class Args:
     policy: str = ""
-    """A SAC checkpoint of examples/mopo.py (checkpoint_seed<S>.pt). Required."""
+    """A checkpoint of examples/mopo.py or examples/combo.py (checkpoint_seed<S>.pt). Required."""
     ensemble: str = ""
     """A DynamicsEnsemble.save file (the run's cached ensemble). Required."""
     dataset: str = "hopper-medium-replay"
@@ -55,6 +65,8 @@ class Args:
     velocity_index: int = -2
     """Observation index of the forward velocity (-2: the x-velocity, qvel[0], for the envs whose observation is
     qpos[1:] then qvel, ``cmbrl.components.calibration.CALIBRATION_ENVS``; -1: off)."""
+    gamma: float = 0.99
+    """Discount of the return G the critics are compared with (the learners' γ: 0.99)."""
     seed: int = 0
     """Seeds the episodes (reset seeds seed, seed+1, ...) and the dataset sample."""
     json: str = ""
@@ -83,13 +95,42 @@ def table_row(label: str, entry: dict, penalty_coef: float) -> str:
             f"{cell('u')} | {cell('next_state_error')} | {cell('saturated')} |")
 
 
+def load_agent(path: str, observation_dim: int, action_dim: int, seed: int):
+    """The agent of a checkpoint: COMBO (``examples/combo.py``, rebuilt from the ``args`` it saved) or SAC."""
+    checkpoint = torch.load(path, weights_only=False)
+    saved = checkpoint.get("args") or {}
+    if "beta" in saved:  # examples/combo.py's Args; its networks may differ from SAC's defaults
+        sys.path.insert(0, str(Path(__file__).parent))
+        import combo
+        names = {field.name for field in dataclasses.fields(combo.Args)}
+        agent = combo.make_agent(combo.Args(**{k: v for k, v in saved.items() if k in names}),
+                                 observation_dim, action_dim)
+    else:
+        agent = SAC(observation_dim, action_dim, seed=seed)
+    agent.load_state_dict(checkpoint["agent"])
+    return agent
+
+
+def critic_vs_return(agent, observation: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                     terminated: bool, gamma: float) -> dict:
+    """Q (min over the critics) against the discounted return collected from each step of one episode ``(T, ...)``:
+    at the start state and as means over the steps whose return is exact."""
+    td = TensorDict({("next", "reward"): reward[:, None], ("next", "done"): torch.zeros(len(reward), 1, dtype=bool),
+                     ("next", "terminated"): torch.zeros(len(reward), 1, dtype=bool)}, [len(reward)])
+    td["next", "terminated"][-1] = terminated
+    returns, exact = discounted_returns_to_go(td, gamma)
+    q = critic_values(agent.loss_module, observation, action).min(0).values
+    return {"q_start": float(q[0]), "return_start": float(returns[0]), "exact_steps": int(exact.sum()),
+            "q_exact": float(q[exact].mean()) if exact.any() else float("nan"),
+            "return_exact": float(returns[exact].mean()) if exact.any() else float("nan")}
+
+
 def main(args: Args) -> dict:
     import gymnasium as gym
-    from tensordict import TensorDict
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     if not args.policy or not args.ensemble:
-        raise SystemExit("--policy (a SAC checkpoint of examples/mopo.py) and --ensemble (a DynamicsEnsemble file) "
+        raise SystemExit("--policy (a checkpoint of examples/mopo.py or examples/combo.py) and --ensemble (a DynamicsEnsemble file) "
                          f"are required; got policy={args.policy!r}, ensemble={args.ensemble!r}")
     if args.episodes < 1 or args.max_steps < 1:
         raise SystemExit(f"--episodes and --max-steps must be >= 1, got {args.episodes} and {args.max_steps}")
@@ -101,8 +142,7 @@ def main(args: Args) -> dict:
     if (obs_dim, act_dim) != (ensemble.observation_dim, ensemble.action_dim):
         raise SystemExit(f"the ensemble is for (O, A) = ({ensemble.observation_dim}, {ensemble.action_dim}), "
                          f"{env_id} has ({obs_dim}, {act_dim})")
-    agent = SAC(obs_dim, act_dim, seed=args.seed)
-    agent.load_state_dict(torch.load(args.policy, weights_only=False)["agent"])
+    agent = load_agent(args.policy, obs_dim, act_dim, args.seed)
     velocity_index = args.velocity_index
     if velocity_index == -2:  # qvel[0] follows the nq - 1 entries of qpos[1:]
         velocity_index = env.unwrapped.model.nq - 1 if env_id in CALIBRATION_ENVS else -1
@@ -118,7 +158,7 @@ def main(args: Args) -> dict:
              "saturated |", "|---|---|---|---|---|---|---|---|"]
     for episode in range(args.episodes):
         observation, _ = env.reset(seed=args.seed + episode)
-        states, actions, rewards, next_states = [], [], [], []
+        states, actions, rewards, next_states, terminated = [], [], [], [], False
         for _ in range(args.max_steps):
             action = act(torch.as_tensor(observation, dtype=torch.float32)[None])[0].numpy()
             states.append(observation)
@@ -135,7 +175,8 @@ def main(args: Args) -> dict:
                  "model_reward": float(view["model_reward"].mean()), "u": float(view["u"].mean()),
                  "next_state_error": float((view["model_next"] - s2).norm(dim=-1).mean()),
                  "saturated": float((a.abs() > 0.99).float().mean()),
-                 "last_observation_head": [round(float(v), 3) for v in s2[-1, :2]]}
+                 "last_observation_head": [round(float(v), 3) for v in s2[-1, :2]], "terminated": bool(terminated),
+                 **critic_vs_return(agent, s, a, r, bool(terminated), args.gamma)}
         if velocity_index >= 0:
             entry["velocity_per_tenth"] = [round(float(chunk.mean()), 2)
                                            for chunk in torch.tensor_split(s2[:, velocity_index], 10) if len(chunk)]
@@ -162,6 +203,9 @@ def main(args: Args) -> dict:
     for episode, entry in enumerate(results["episodes"]):
         velocity = f"velocity per tenth {entry['velocity_per_tenth']}, " if "velocity_per_tenth" in entry else ""
         lines.append(f"episode {episode}: {velocity}last observation[:2] {entry['last_observation_head']}")
+        lines.append(f"episode {episode}: Q(s0, a0) {entry['q_start']:.1f} vs discounted return G0 "
+                     f"{entry['return_start']:.1f}; over its {entry['exact_steps']} steps with exact G, mean Q "
+                     f"{entry['q_exact']:.1f} vs mean G {entry['return_exact']:.1f} (γ={args.gamma})")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

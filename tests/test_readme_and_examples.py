@@ -1,6 +1,7 @@
 """The README's commands and quickstart, and smoke runs of the examples with tiny budgets."""
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -130,6 +131,8 @@ def test_policy_in_real_env_example(small_hopper_dataset, tmp_path):
         assert abs(entry["real_reward"] * entry["steps"] - entry["return"]) < 1e-3 * max(1.0, abs(entry["return"]))
         assert entry["u"] > 0 and entry["next_state_error"] > 0 and 0 <= entry["saturated"] <= 1
         assert len(entry["velocity_per_tenth"]) == min(10, entry["steps"])  # Hopper's x-velocity, index 5
+        assert math.isfinite(entry["q_start"]) and math.isfinite(entry["return_start"])
+        assert entry["exact_steps"] == (entry["steps"] if entry["terminated"] else 0)  # 30 steps < 300: cut ones inexact
     assert results["data"]["steps"] == 200 and results["data"]["u"] > 0
     assert abs(results["data"]["real_reward"] - data["next", "reward"].mean().item()) < 0.5  # a sample of the data
     assert json.loads((tmp_path / "out.json").read_text())["episodes"][0]["steps"] == results["episodes"][0]["steps"]
@@ -137,3 +140,30 @@ def test_policy_in_real_env_example(small_hopper_dataset, tmp_path):
         example.main(example.Args(ensemble=str(tmp_path / "ensemble.pt")))
     with pytest.raises(SystemExit, match=r"the ensemble is for \(O, A\) = \(11, 3\), HalfCheetah-v5 has \(17, 6\)"):
         example.main(dataclasses.replace(args, env_id="HalfCheetah-v5"))
+
+
+def test_policy_in_real_env_loads_combo_checkpoints_and_compares_q_with_the_discounted_return(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("policy_in_real_env", ROOT / "examples" / "policy_in_real_env.py")
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example
+    spec.loader.exec_module(example)
+    from cmbrl import COMBO, SAC
+    from cmbrl.components.training import critic_values
+    combo = COMBO(11, 3, hidden_sizes=(32, 32), beta=2.0, seed=0)
+    args = {"beta": 2.0, "hidden_sizes": "32,32", "num_steps": 10, "not_an_arg_any_more": 1}
+    torch.save({"agent": combo.state_dict(), "args": args}, tmp_path / "combo.pt")
+    loaded = example.load_agent(str(tmp_path / "combo.pt"), 11, 3, seed=1)
+    assert isinstance(loaded, COMBO) and float(loaded.loss_module.beta) == 2.0
+    obs, act = torch.randn(4, 11), torch.rand(4, 3) * 2 - 1
+    torch.testing.assert_close(critic_values(loaded.loss_module, obs, act), critic_values(combo.loss_module, obs, act))
+    torch.save({"agent": SAC(11, 3, seed=0).state_dict()}, tmp_path / "sac.pt")  # no saved args: SAC
+    assert isinstance(example.load_agent(str(tmp_path / "sac.pt"), 11, 3, seed=0), SAC)
+
+    reward = torch.tensor([1.0, 2.0, 4.0])
+    ended = example.critic_vs_return(loaded, obs[:3], act[:3], reward, terminated=True, gamma=0.5)
+    assert ended["return_start"] == pytest.approx(1 + 0.5 * 2 + 0.25 * 4) and ended["exact_steps"] == 3
+    assert ended["return_exact"] == pytest.approx((3.0 + 4.0 + 4.0) / 3)  # G_t = 3, 4, 4
+    assert ended["q_start"] == pytest.approx(float(critic_values(combo.loss_module, obs[:1], act[:1]).min()))
+    cut = example.critic_vs_return(loaded, obs[:3], act[:3], reward, terminated=False, gamma=0.5)
+    assert cut["return_start"] == ended["return_start"] and cut["exact_steps"] == 0  # a time-limit cut 3 steps on
