@@ -7,19 +7,19 @@
 A model-based policy that scores badly either exploits the model (the model promises reward where the real env pays
 none, and the penalty misses it) or fails in ways the model gets right. This tells the two apart. It runs
 ``--episodes`` deterministic episodes of a checkpoint of ``examples/mopo.py`` (SAC) or ``examples/combo.py`` (COMBO)
-in the real env and, at every
-visited (s, a), evaluates the ensemble: the elites' mean predicted reward against the real reward, the elites' mean
-next observation against the real one (L2 error), and the MOPO penalty ``u`` (``--penalty``); the same on a sample
-of the dataset's own pairs, and at the dataset's states with the policy's actions. Per episode it also prints the
-forward velocity per tenth of the episode (observation index ``--velocity-index``, HalfCheetah/Hopper/Walker2d's
-x-velocity, qvel[0]; -1: off), the share of saturated action components (``|a| > 0.99``) and the last observation's first
-two entries (height and torso angle for these three envs), so a policy that stalls in a pose shows as such. And the
-critics against the episode: at every visited (s, a), Q (the minimum over the critics, the value the backup uses)
-against the discounted return ``G = Σ_k γ^k r_{t+k}`` the policy actually collected from there, at the start state
-and averaged over the steps whose ``G`` is exact (all of them if the episode terminated, else those ≥ 300 steps
-before the time limit; ``cmbrl.components.training.discounted_returns_to_go``). Q above G means the critic
-overestimates the policy's own real value: COMBO's critic should sit below it (COMBO, arXiv:2102.08363, Theorem 1);
-a soft backup (SAC, MOPO) also counts the entropy bonus, so its Q sits above G by that much.
+in the real env and, at every visited (s, a), evaluates the ensemble: the elites' mean predicted reward against the
+real reward, the elites' mean next observation against the real one (L2 error), and the MOPO penalty ``u``
+(``--penalty``); the same on a sample of the dataset's own pairs, and at the dataset's states with the policy's
+actions. Per episode it also prints the forward velocity per tenth of the episode (observation index
+``--velocity-index``, HalfCheetah/Hopper/Walker2d's x-velocity, qvel[0]; -1: off), the share of saturated action
+components (``|a| > 0.99``) and the last observation's first two entries (height and torso angle for these three
+envs), so a policy that stalls in a pose shows as such. And the critics against the episode: at every visited (s, a),
+Q (the minimum over the critics, the value the backup uses) against the discounted return ``G = Σ_k γ^k r_{t+k}`` the
+policy actually collected from there, at the start state and averaged over the steps whose ``G`` is exact (all of them
+if the episode terminated, else those ≥ 300 steps before the time limit;
+``cmbrl.components.training.discounted_returns_to_go``). Q above G means the critic overestimates the policy's own
+real value: at a large enough β COMBO's value at the start states is a lower bound (COMBO, arXiv:2102.08363, Theorem
+1); a soft backup (SAC, MOPO) also counts the entropy bonus, so its Q sits above G by that much.
 
 Reading it: model reward ≈ real reward and ``u`` at the data's level on the visited states means no exploitation
 there; a model reward well above the real one with a small ``u`` is exploitation the penalty does not see.
@@ -130,8 +130,9 @@ def main(args: Args) -> dict:
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     if not args.policy or not args.ensemble:
-        raise SystemExit("--policy (a checkpoint of examples/mopo.py or examples/combo.py) and --ensemble (a DynamicsEnsemble file) "
-                         f"are required; got policy={args.policy!r}, ensemble={args.ensemble!r}")
+        raise SystemExit("--policy (a checkpoint of examples/mopo.py or examples/combo.py) and --ensemble "
+                         f"(a DynamicsEnsemble file) are required; got policy={args.policy!r}, "
+                         f"ensemble={args.ensemble!r}")
     if args.episodes < 1 or args.max_steps < 1:
         raise SystemExit(f"--episodes and --max-steps must be >= 1, got {args.episodes} and {args.max_steps}")
     dataset, env_id = dataset_env_id(args.dataset, args.env_id)
