@@ -204,6 +204,7 @@ def restore_results(saved: Path, out: Path) -> list[Path]:
     if not (saved / "results.csv").exists():
         raise FileNotFoundError(f"--restore {saved}: no results.csv there (expected a folder written by this "
                                 f"benchmark, such as benchmarks/results/learning_short_combo)")
+
     def key(row: dict) -> tuple[str, str, int]:
         return row["algo"], row["dataset"], int(row["seed"])
 

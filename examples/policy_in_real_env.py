@@ -41,6 +41,8 @@ from cmbrl.components.calibration import CALIBRATION_ENVS
 from cmbrl.components.penalties import get_penalty
 from cmbrl.components.training import critic_values, dataset_env_id, discounted_returns_to_go, parse_dataclass_args
 
+sys.path.insert(0, str(Path(__file__).parent))  # the other examples (combo.py), as bc_table.py does
+
 
 @dataclasses.dataclass
 class Args:
@@ -100,8 +102,7 @@ def load_agent(path: str, observation_dim: int, action_dim: int, seed: int):
     checkpoint = torch.load(path, weights_only=False)
     saved = checkpoint.get("args") or {}
     if "beta" in saved:  # examples/combo.py's Args; its networks may differ from SAC's defaults
-        sys.path.insert(0, str(Path(__file__).parent))
-        import combo
+        import combo  # examples/combo.py, next to this file
         names = {field.name for field in dataclasses.fields(combo.Args)}
         agent = combo.make_agent(combo.Args(**{k: v for k, v in saved.items() if k in names}),
                                  observation_dim, action_dim)
