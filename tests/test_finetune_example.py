@@ -33,3 +33,48 @@ def test_finetune_runs_explorers_switches_and_resumes(tmp_path):
     assert isinstance(result["runs"]["o3f"]["history"][1]["explorer_gain"], float)  # f(chosen) - f(policy's action)
     assert result["runs"]["none"]["history"][1]["explorer_gain"] is None
     assert (out / "online_curves_seed0.png").stat().st_size > 0
+
+
+def _explorers_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("finetune_explorers", ROOT / "benchmarks" / "finetune_explorers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _finetune_cell(out, dataset, seed, evaluations, episodes):
+    """A fine-tuning cell's result.json as examples/finetune.py writes it (only the fields the script reads)."""
+    runs = {name: {"args": {"dataset": dataset, "seed": seed},
+                   "history": [{"step": s, "normalized_score": v, "return": 10 * v} for s, v in points],
+                   "episodes": [{"step": s, "normalized_score": v, "return": 10 * v} for s, v in episodes[name]]}
+            for name, points in evaluations.items()}
+    path = out / "finetune" / dataset.replace("/", "_") / f"seed{seed}" / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"normalized_score": 0.0, "runs": runs}))
+
+
+def test_finetune_explorers_summarises_seeds_and_joins_saved_ones(tmp_path):
+    script = _explorers_script()
+    dataset = "cmbrl/hopper/medium-v0"
+    _finetune_cell(tmp_path / "a", dataset, 0,
+                   {"o3f": [(0, 30), (5, 20), (10, 40)], "none": [(0, 30), (5, 35), (10, 33)]},
+                   {"o3f": [(2, 10), (4, 20), (8, 30)], "none": [(3, 50)]})
+    _finetune_cell(tmp_path / "b", dataset, 1,
+                   {"o3f": [(0, 50), (5, 45), (10, 60)], "none": [(0, 50), (5, 40), (10, 70)]},
+                   {"o3f": [(6, 40)], "none": []})
+    saved = tmp_path / "saved"
+    script.main([str(tmp_path / "b"), "--save", str(saved)])  # seed 1 saved by an "earlier session"
+    summary = script.main([str(tmp_path / "a"), "--include", str(saved / "explorers.csv"), "--save", str(saved)])
+    o3f, none = summary[dataset]["o3f"], summary[dataset]["none"]
+    assert o3f["seeds"] == [0, 1] and o3f["steps"] == [0, 5, 10]
+    assert list(o3f["mean"]) == [40.0, 32.5, 50.0] and list(o3f["std"]) == [10.0, 12.5, 10.0]
+    assert o3f["drop"] == -7.5  # seed 0: 20 - 30, seed 1: 45 - 50
+    assert none["drop"] == -3.5  # seed 0 stays above step 0 (lowest 33 - 30 = +3); seed 1: 40 - 50
+    assert o3f["online_halves"] == [15.0, 35.0]  # steps <= 5: 10, 20; after: 30, 40
+    assert o3f["windows"] == [(5, 15.0), (10, 35.0)]
+    with open(saved / "explorers.csv") as f:
+        assert len(f.readlines()) == 1 + 12 + 5  # header, 12 evaluations, 5 episodes
+    assert "| o3f | 0/1 | 40.0 ± 10.0 | 32.5 ± 12.5 | 50.0 ± 10.0 | -7.5 | 15.0 / 35.0 |" in \
+        (saved / "explorers.md").read_text()
+    assert (saved / "explorers_cmbrl_hopper_medium-v0.png").stat().st_size > 0

@@ -24,55 +24,13 @@ import json
 import random
 import sys
 import time
-import types
 from pathlib import Path
 
-import gymnasium
-import gymnasium.envs.mujoco.mujoco_env  # noqa: F401  (Kit imports gym.envs.mujoco)
-import minari
 import numpy as np
 import torch
 
-from cmbrl import load_dataset
-from cmbrl.components.training import dataset_env_id
-
-
-def import_kit(kit_path: str):
-    """Kit imports the old ``gym`` (served here by Gymnasium) and tensorboard (its logger; stubbed)."""
-    sys.modules.setdefault("gym", gymnasium)
-    stub = types.ModuleType("torch.utils.tensorboard")
-    stub.SummaryWriter = object
-    sys.modules.setdefault("torch.utils.tensorboard", stub)
-    sys.path.insert(0, kit_path)
-    from offlinerlkit.buffer import ReplayBuffer
-    from offlinerlkit.dynamics import EnsembleDynamics
-    from offlinerlkit.modules import ActorProb, Critic, EnsembleDynamicsModel, TanhDiagGaussian
-    from offlinerlkit.nets import MLP
-    from offlinerlkit.policy import MOPOPolicy
-    from offlinerlkit.utils.scaler import StandardScaler
-    from offlinerlkit.utils.termination_fns import get_termination_fn
-    return types.SimpleNamespace(**locals())
-
-
-class FitLog:
-    """The few methods of Kit's Logger that ``EnsembleDynamics.train`` calls."""
-
-    def __init__(self, model_dir: Path):
-        self.model_dir, self.rows, self.row = str(model_dir), [], {}
-
-    def log(self, text):
-        print(text, flush=True)
-
-    def logkv(self, key, value):
-        self.row[key] = float(value)
-
-    def set_timestep(self, t):
-        self.row["epoch"] = t
-
-    def dumpkvs(self, exclude=None):
-        self.rows.append(self.row)
-        print(self.row, flush=True)
-        self.row = {}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kit_common import evaluate, fit_or_load_dynamics, import_kit, load_data  # noqa: E402
 
 
 def main() -> None:
@@ -99,15 +57,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    dataset_id, env_id = dataset_env_id(a.dataset)
-    td = load_dataset(dataset_id)  # generated locally when absent
-    dataset_meta = minari.load_dataset(dataset_id)  # its reference scores, as examples/mopo.py normalises
-    if a.max_transitions:
-        td = td[:a.max_transitions]
-    data = {"observations": td["observation"].numpy(), "actions": td["action"].numpy(),
-            "next_observations": td["next", "observation"].numpy(), "rewards": td["next", "reward"].reshape(-1).numpy(),
-            "terminals": td["next", "terminated"].reshape(-1).float().numpy()}
-    env = gymnasium.make(env_id)
+    dataset_id, data, dataset_meta, env = load_data(a.dataset, a.max_transitions)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
 
     actor = kit.ActorProb(kit.MLP(obs_dim, [256, 256]), kit.TanhDiagGaussian(
@@ -116,25 +66,14 @@ def main() -> None:
     actor_optim = torch.optim.Adam(actor.parameters(), lr=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optim, a.epochs)
     log_alpha = torch.zeros(1, requires_grad=True)
-    model = kit.EnsembleDynamicsModel(obs_dim=obs_dim, action_dim=act_dim, hidden_dims=[200] * 4, num_ensemble=7,
-                                      num_elites=5, weight_decays=[2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4], device="cpu")
-    dynamics = kit.EnsembleDynamics(model, torch.optim.Adam(model.parameters(), lr=1e-3), kit.StandardScaler(),
-                                    kit.get_termination_fn(dataset_id.split("/")[1]), penalty_coef=a.penalty_coef)
+    dynamics = fit_or_load_dynamics(kit, dataset_id, data, obs_dim, act_dim, out, a.dynamics_max_epochs,
+                                    penalty_coef=a.penalty_coef)
     policy = kit.MOPOPolicy(dynamics, actor, *critics, actor_optim,
                             *[torch.optim.Adam(c.parameters(), lr=3e-4) for c in critics], tau=0.005, gamma=0.99,
                             alpha=(-act_dim, log_alpha, torch.optim.Adam([log_alpha], lr=1e-4)))
     real = kit.ReplayBuffer(len(data["observations"]), (obs_dim,), np.float32, act_dim, np.float32, "cpu")
     real.load_dataset(data)
     fake = kit.ReplayBuffer(a.rollout_batch_size * a.horizon * 5, (obs_dim,), np.float32, act_dim, np.float32, "cpu")
-
-    model_dir = out / "dynamics"
-    if (model_dir / "dynamics.pth").exists():
-        dynamics.load(str(model_dir))
-    else:
-        model_dir.mkdir(exist_ok=True)
-        log, started = FitLog(model_dir), time.time()
-        dynamics.train(real.sample_all(), log, max_epochs=a.dynamics_max_epochs, max_epochs_since_update=5)
-        (out / "dynamics_fit.json").write_text(json.dumps({"wall_time_s": time.time() - started, "epochs": log.rows}))
 
     rollout_log = []  # Kit's dynamics.step, recorded: what its rollout saw
     kit_step = dynamics.step
@@ -164,17 +103,7 @@ def main() -> None:
             step += 1
         schedule.step()
         if epoch % a.eval_every == 0 or epoch == a.epochs:
-            policy.eval()
-            returns = []
-            for episode in range(a.eval_episodes):
-                obs, _ = env.reset(seed=10_000 * a.seed + episode)
-                total, done = 0.0, False
-                while not done:
-                    action = policy.select_action(obs.reshape(1, -1).astype(np.float32), deterministic=True)[0]
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    total, done = total + reward, terminated or truncated
-                returns.append(total)
-            score = 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean())
+            score, returns = evaluate(policy, env, dataset_meta, a.seed, a.eval_episodes)
             with torch.no_grad():
                 q = torch.min(critics[0](probe_obs, probe_act), critics[1](probe_obs, probe_act)).mean().item()
                 dist = actor(probe_obs)

@@ -1,0 +1,170 @@
+"""Explorers compared over seeds: the fine-tuning cells of ``benchmarks/learning.py --algos finetune``, one table and
+one figure per dataset (O3F's claims: improves faster than noise, no initial dip; OpenReview 2x8EKbGU51k §6.3).
+
+    python benchmarks/finetune_explorers.py runs/ft_hm --save benchmarks/results/finetune_short_hm
+    python benchmarks/finetune_explorers.py runs/ft_hm --include benchmarks/results/finetune_short_hm/explorers.csv \\
+        --save benchmarks/results/finetune_short_hm       # seeds saved by an earlier session join the new ones
+
+Reads every ``<out>/finetune/<dataset>/seed<S>/result.json`` that carries ``runs`` (one per explorer, from
+``examples/finetune.py --explorers a,b,c``) and the rows of ``--include`` files (a cell found in both is taken from
+``result.json``). Writes into ``--save``:
+
+- ``explorers.csv``: one row per evaluation and per online episode (dataset, seed, explorer, kind, step,
+  normalized_score, return), the record a later session can ``--include``;
+- ``explorers.md``: per dataset and explorer, the evaluation's mean ± std (population) over seeds at each step, the
+  drop (the lowest evaluation after step 0 minus step 0's, mean over seeds: the dip) and the online episodes' mean
+  normalised score over each half of the online budget;
+- ``explorers_<dataset>.png``: evaluation mean with a min–max band over seeds, and the online episodes' mean per
+  evaluation window, one line per explorer.
+
+Raises SystemExit when nothing is found.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("dataset", "seed", "explorer", "kind", "step", "normalized_score", "return")
+
+
+def rows_from_results(out: Path) -> list[dict]:
+    """Evaluation and episode rows of every multi-explorer fine-tuning cell under ``out``."""
+    rows = []
+    for path in sorted(out.glob("finetune/*/seed*/result.json")):
+        result = json.loads(path.read_text())
+        for explorer, run in result.get("runs", {}).items():
+            dataset, seed = run["args"]["dataset"], int(run["args"]["seed"])
+            for kind, points in (("evaluation", run["history"]), ("episode", run["episodes"])):
+                rows += [{"dataset": dataset, "seed": seed, "explorer": explorer, "kind": kind, "step": int(p["step"]),
+                          "normalized_score": float(p["normalized_score"]), "return": float(p["return"])}
+                         for p in points]
+    return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of an ``explorers.csv`` written by this script."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [field for field in FIELDS if rows and field not in rows[0]]
+    if missing:
+        raise SystemExit(f"--include {path}: columns {missing} missing (expected {list(FIELDS)})")
+    return [{**row, "seed": int(row["seed"]), "step": int(row["step"]),
+             "normalized_score": float(row["normalized_score"]), "return": float(row["return"])} for row in rows]
+
+
+def merge(fresh: list[dict], included: list[dict]) -> list[dict]:
+    """``fresh`` rows plus the included rows of (dataset, seed, explorer) cells that ``fresh`` lacks."""
+    have = {(r["dataset"], r["seed"], r["explorer"]) for r in fresh}
+    return fresh + [r for r in included if (r["dataset"], r["seed"], r["explorer"]) not in have]
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per dataset and explorer: ``steps``, ``mean``/``std``/``min``/``max`` of the evaluation over seeds at each
+    step (only steps every seed reached), ``seeds``, ``drop`` (mean over seeds of min(evaluations after step 0) −
+    evaluation at step 0), ``online_halves`` (mean episode score over the first and second half of the steps) and
+    ``windows`` (episode mean per evaluation window, pooled over seeds)."""
+    cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: {"evaluation": {}, "episode": []})))
+    for r in rows:
+        cell = cells[r["dataset"]][r["explorer"]][r["seed"]]
+        if r["kind"] == "evaluation":
+            cell["evaluation"][r["step"]] = r["normalized_score"]
+        else:
+            cell["episode"].append((r["step"], r["normalized_score"]))
+    summary: dict[str, dict[str, dict]] = {}
+    for dataset, explorers in cells.items():
+        summary[dataset] = {}
+        for explorer, seeds in explorers.items():
+            steps = sorted(set.intersection(*(set(c["evaluation"]) for c in seeds.values())))
+            scores = np.array([[c["evaluation"][s] for s in steps] for c in seeds.values()])
+            drops = [min(v for s, v in c["evaluation"].items() if s > 0) - c["evaluation"][0]
+                     for c in seeds.values() if 0 in c["evaluation"] and len(c["evaluation"]) > 1]
+            end = steps[-1] if steps else 0
+            episodes = [e for c in seeds.values() for e in c["episode"]]
+            halves = [[v for s, v in episodes if s <= end / 2], [v for s, v in episodes if s > end / 2]]
+            windows = [(hi, [v for s, v in episodes if lo < s <= hi]) for lo, hi in zip(steps, steps[1:])]
+            summary[dataset][explorer] = {
+                "steps": steps, "seeds": sorted(seeds), "mean": scores.mean(0), "std": scores.std(0),
+                "min": scores.min(0), "max": scores.max(0), "drop": float(np.mean(drops)) if drops else None,
+                "online_halves": [float(np.mean(h)) if h else None for h in halves],
+                "windows": [(hi, float(np.mean(v))) for hi, v in windows if v]}
+    return summary
+
+
+def table(summary: dict[str, dict[str, dict]]) -> str:
+    """Markdown: one table per dataset, a row per explorer."""
+    def fmt(value):
+        return "–" if value is None else f"{value:.1f}"
+
+    lines = []
+    for dataset, explorers in summary.items():
+        steps = sorted(set.intersection(*(set(e["steps"]) for e in explorers.values())))
+        lines += [f"**{dataset}**", "",
+                  "| explorer | seeds | " + " | ".join(f"{s / 1000:g}k" for s in steps)
+                  + " | drop | online episodes, 1st / 2nd half |",
+                  "|---|---|" + "---|" * len(steps) + "---|---|"]
+        for explorer, e in explorers.items():
+            cells = [f"{e['mean'][e['steps'].index(s)]:.1f} ± {e['std'][e['steps'].index(s)]:.1f}" for s in steps]
+            lines.append(f"| {explorer} | {'/'.join(map(str, e['seeds']))} | " + " | ".join(cells)
+                         + f" | {fmt(e['drop'])} | {' / '.join(fmt(h) for h in e['online_halves'])} |")
+        lines.append("")
+    lines.append("Evaluation: the policy without explorer (deterministic), normalised score, mean ± std (population) "
+                 "over seeds; step 0 is the offline agent. drop: the lowest evaluation after step 0 minus step 0's, "
+                 "mean over seeds (negative: a dip). Online episodes: what the explorer collected.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, dataset: str, explorers: dict[str, dict]) -> None:
+    """Evaluation mean and min–max band over seeds; online episodes' mean per evaluation window."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, e in explorers.items():
+        line, = axes[0].plot(e["steps"], e["mean"], marker="o", label=f"{name} ({len(e['seeds'])} seeds)")
+        axes[0].fill_between(e["steps"], e["min"], e["max"], color=line.get_color(), alpha=0.15)
+        if e["windows"]:
+            axes[1].plot(*zip(*e["windows"]), marker=".", color=line.get_color(), label=name)
+    for ax, title in zip(axes, ("evaluation (policy, no explorer): mean, min–max band",
+                                "online episodes (mean per evaluation window)")):
+        ax.set(xlabel="online env steps", title=title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    axes[0].set_ylabel("normalised score")
+    fig.suptitle(f"fine-tuning from {dataset}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("outs", nargs="*", type=Path, help="benchmarks/learning.py --out folders")
+    p.add_argument("--include", nargs="*", type=Path, default=[], help="explorers.csv files of earlier sessions")
+    p.add_argument("--save", type=Path, required=True, help="folder for explorers.csv, explorers.md, figures")
+    args = p.parse_args(argv)
+    included = [row for path in args.include for row in read_rows(path)]
+    rows = merge([row for out in args.outs for row in rows_from_results(out)], included)
+    if not rows:
+        raise SystemExit(f"no fine-tuning runs found in {[str(o) for o in args.outs]} or {args.include}")
+    args.save.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=lambda r: (r["dataset"], r["seed"], r["explorer"], r["kind"], r["step"]))
+    with open(args.save / "explorers.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    (args.save / "explorers.md").write_text(table(summary))
+    for dataset, explorers in summary.items():
+        plot(args.save / f"explorers_{dataset.replace('/', '_')}.png", dataset, explorers)
+    print(table(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
