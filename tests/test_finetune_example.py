@@ -34,6 +34,15 @@ def test_finetune_runs_explorers_switches_and_resumes(tmp_path):
     assert result["runs"]["none"]["history"][1]["explorer_gain"] is None
     assert (out / "online_curves_seed0.png").stat().st_size > 0
 
+    import explorer_choices  # the offline agent's O3F choices against its own samples, on data states
+    agent_path = str(out / "offline" / "agent.pt")
+    same = explorer_choices.main([agent_path, "--num-states", "40", "--num-candidates", "8", "--sigma", "0"])
+    assert same["distance"] == 0 and abs(same["gain"]) < 1e-5  # σ = 0: every candidate is the policy's own sample
+    assert same["saturated_choice"] == same["saturated_policy"]
+    assert abs(same["spread_choice"] - same["spread_policy"]) < 1e-5
+    spread = explorer_choices.main([agent_path, "--num-states", "40", "--num-candidates", "8", "--sigma", "0.5"])
+    assert spread["distance"] > 0 and 0 <= spread["saturated_choice"] <= 1 and spread["spread_choice"] >= 0
+
 
 def _explorers_script():
     import importlib.util
