@@ -1,6 +1,7 @@
 """benchmarks/learning.py with fake example scripts: cells run once, resume, fail alone, run side by side; the
 table, CSVs and plots come from the cells' result.json files."""
 import csv
+import importlib.util
 import json
 import textwrap
 from pathlib import Path
@@ -240,3 +241,29 @@ def test_restore_adds_saved_seeds_to_a_new_run_without_rerunning_them(learning, 
     assert json.loads(result_path(second, "fake", 1).read_text())["normalized_score"] == 99.0
     with pytest.raises(SystemExit, match="no results.csv"):
         run(learning, examples, second, "--table-only", "--restore", str(tmp_path / "nowhere"))
+
+
+def test_side_by_side_pairs_renamed_keys_and_skips_missing_ones(tmp_path):
+    spec = importlib.util.spec_from_file_location("side_by_side", ROOT / "benchmarks" / "peers" / "side_by_side.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "ours" / "result.json").write_text(json.dumps({"history": [
+        {"step": 5, "normalized_score": 1.5, "q_data": 10.0, "model_terminated": 0.1},
+        {"step": 10, "normalized_score": 2.5, "q_data": 20.0}]}))
+    (tmp_path / "kit" / "result.json").write_text(json.dumps({"history": [
+        {"step": 5, "normalized_score": 3.0, "q_data": 11.0, "termination_rate": 0.2}]}))
+    ours, kit = str(tmp_path / "ours" / "result.json"), str(tmp_path / "kit" / "result.json")
+    table = script.main(["--ours", ours, "--peer", kit, "--peer-name", "Kit", "--keys", "normalized_score",
+                         "model_terminated:termination_rate", "--save", str(tmp_path / "cmp")])
+    assert table == [
+        {"source": "cmbrl", "run": "ours", "step": 5, "normalized_score": 1.5, "model_terminated": 0.1},
+        {"source": "cmbrl", "run": "ours", "step": 10, "normalized_score": 2.5, "model_terminated": None},
+        {"source": "Kit", "run": "kit", "step": 5, "normalized_score": 3.0, "model_terminated": 0.2}]
+    with open(tmp_path / "cmp.csv") as f:
+        assert f.readline().strip() == "source,run,step,normalized_score,model_terminated"
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    (tmp_path / "kit" / "result.json").write_text(json.dumps({"args": {}}))
+    with pytest.raises(SystemExit, match="no 'history'"):
+        script.main(["--ours", ours, "--peer", kit, "--save", str(tmp_path / "cmp")])
