@@ -1,6 +1,7 @@
 """Parts with no environment loop: dynamics ensemble, penalties, termination functions, datasets."""
 from .calibration import (CALIBRATION_ENVS, CALIBRATION_PENALTIES, calibration_data, calibration_metrics,
                           morel_halt_threshold, simulate_transitions)
+from .checkpoints import save_atomic
 from .datasets import DATASET_RECIPES, DatasetRecipe, collect_dataset, load_dataset, load_policy, make_dataset
 from .ensemble import DynamicsEnsemble, EnsembleLinear
 from .penalties import PENALTIES, PenaltyFn, get_penalty
@@ -9,4 +10,4 @@ from .termination import TERMINATION_FNS, TerminationFn, get_termination_fn
 __all__ = ["load_dataset", "collect_dataset", "make_dataset", "load_policy", "DATASET_RECIPES", "DatasetRecipe",
            "DynamicsEnsemble", "EnsembleLinear", "PENALTIES", "PenaltyFn", "get_penalty", "TERMINATION_FNS",
            "TerminationFn", "get_termination_fn", "CALIBRATION_ENVS", "CALIBRATION_PENALTIES", "calibration_data",
-           "calibration_metrics", "morel_halt_threshold", "simulate_transitions"]
+           "calibration_metrics", "morel_halt_threshold", "simulate_transitions", "save_atomic"]

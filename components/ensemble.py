@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from tensordict import TensorDictBase
 from torch import nn
 
+from .checkpoints import save_atomic
+
 __all__ = ["DynamicsEnsemble", "EnsembleLinear"]
 
 
@@ -365,7 +367,7 @@ class DynamicsEnsemble(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Saves weights, normaliser, elites and constructor arguments to ``path`` (a torch file)."""
-        torch.save({"config": self.config, "state_dict": self.state_dict()}, path)
+        save_atomic({"config": self.config, "state_dict": self.state_dict()}, path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "DynamicsEnsemble":

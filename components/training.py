@@ -16,6 +16,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from .checkpoints import save_atomic
 from .datasets import DATASET_RECIPES, resolve_dataset_id
 from .ensemble import DynamicsEnsemble
 
@@ -451,10 +452,10 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
             bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
             if not args.progress:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
-            torch.save({"agent": agent.state_dict(), "step": step, "history": history,
-                        "actor_schedule": None if actor_schedule is None else actor_schedule.state_dict(),
-                        "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
-                        "wall_time_s": time.time() - started}, ckpt_path)
+            save_atomic({"agent": agent.state_dict(), "step": step, "history": history,
+                         "actor_schedule": None if actor_schedule is None else actor_schedule.state_dict(),
+                         "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                         "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
               "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit}

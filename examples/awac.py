@@ -32,6 +32,7 @@ from torchrl.record.loggers import get_logger
 
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC
+from cmbrl.components import save_atomic
 from cmbrl.components.training import (critic_values, dataset_env_id, evaluate_policy, file_lock, make_q_probe,
                                        parse_dataclass_args, plot_learning_curve)
 
@@ -155,11 +156,11 @@ def _train(args: Args, out: Path) -> dict:
             bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
             if not args.progress:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
-            torch.save({"agent": agent.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state(),
-                        "args": dataclasses.asdict(args), "wall_time_s": time.time() - started}, ckpt_path)
+            save_atomic({"agent": agent.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state(),
+                         "args": dataclasses.asdict(args), "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
-    torch.save({"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
-                "action_dim": act_dim, "args": dataclasses.asdict(args), "history": history}, out / "agent.pt")
+    save_atomic({"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
+                 "action_dim": act_dim, "args": dataclasses.asdict(args), "history": history}, out / "agent.pt")
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
                         f"AWAC on {args.dataset} ({args.actor}, λ={args.temperature:.3g}, seed {args.seed})")
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,

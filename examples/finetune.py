@@ -46,6 +46,7 @@ from torchrl.record.loggers import get_logger
 import awac as offline_example
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC, EXPLORERS, make_explorers
+from cmbrl.components import save_atomic
 from cmbrl.components.training import dataset_env_id, evaluate_policy, parse_dataclass_args
 
 KEYS = offline_example.KEYS
@@ -146,12 +147,12 @@ def offline_phase(args: Args, data, out: Path) -> dict:
     for step in tqdm.trange(step, args.offline_steps, desc="offline AWAC", disable=not args.progress, mininterval=5):
         agent.update(buffer.sample())
         if (step + 1) % 5_000 == 0 and step + 1 < args.offline_steps:
-            torch.save({"agent": agent.state_dict(), "step": step + 1, "settings": settings,
-                        "rng": torch.get_rng_state()}, ckpt_path)
+            save_atomic({"agent": agent.state_dict(), "step": step + 1, "settings": settings,
+                         "rng": torch.get_rng_state()}, ckpt_path)
     stage = {"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
              "action_dim": act_dim, "args": dataclasses.asdict(args)}
-    torch.save({**stage, "step": args.offline_steps, "settings": settings, "rng": torch.get_rng_state()}, ckpt_path)
-    torch.save(stage, out / "agent.pt")
+    save_atomic({**stage, "step": args.offline_steps, "settings": settings, "rng": torch.get_rng_state()}, ckpt_path)
+    save_atomic(stage, out / "agent.pt")
     return stage
 
 
@@ -201,9 +202,9 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
         if not args.progress:
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
         online = buffer.storage.get(torch.arange(data.shape[0], len(buffer))) if len(buffer) > data.shape[0] else None
-        torch.save({"agent": agent.state_dict(), "step": step, "history": history, "episodes": episodes,
-                    "online": online, "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
-                    "wall_time_s": time.time() - started}, ckpt_path)
+        save_atomic({"agent": agent.state_dict(), "step": step, "history": history, "episodes": episodes,
+                     "online": online, "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                     "wall_time_s": time.time() - started}, ckpt_path)
 
     if not history:
         evaluate()  # step 0: the offline policy, the reference for an initial dip

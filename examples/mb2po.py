@@ -52,6 +52,7 @@ from torchrl.record.loggers import get_logger
 import awac as stage_one
 from cmbrl import ConservativeModelEnv, load_dataset
 from cmbrl.agents import AWAC
+from cmbrl.components import save_atomic
 from cmbrl.components.training import (critic_values, default_max_transitions, evaluate_policy, fit_or_load_ensemble,
                                        make_q_probe, negative_reward_warning, parse_dataclass_args,
                                        plot_learning_curve, resolve_model_settings, rollout_stats)
@@ -253,9 +254,9 @@ def main(args: Args) -> dict:
             bar.set_postfix(score=f"{point['normalized_score']:.1f}", q=f"{point['q_data']:.0f}")
             if not args.progress:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
-            torch.save({"agent": agent.state_dict(), "iteration": iteration, "history": history,
-                        "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
-                        "wall_time_s": time.time() - started}, ckpt_path)
+            save_atomic({"agent": agent.state_dict(), "iteration": iteration, "history": history,
+                         "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                         "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
                         f"MB2PO on {args.dataset} (λ={args.penalty_coef}, h={args.horizon}, ω={args.real_ratio}, "

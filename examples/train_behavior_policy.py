@@ -27,6 +27,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.record import CSVLogger
 
 from cmbrl import SAC
+from cmbrl.components import save_atomic
 
 
 @dataclasses.dataclass
@@ -114,14 +115,14 @@ def main(args: Args) -> None:
             history.append({"frames": frames, "eval_return": ret, "wall_time_s": time.time() - start})
             logger.log_scalar("eval_return", ret, step=frames)
             bar.set_postfix(eval_return=f"{ret:.0f}")
-            torch.save({"actor": agent.policy.state_dict(), "frames": frames, "eval_return": ret,
-                        "env_id": args.env_id, "observation_dim": obs_dim, "action_dim": act_dim,
-                        "hidden_sizes": [256, 256]},
-                       out / "policies" / f"step_{frames:07d}.pt")
+            save_atomic({"actor": agent.policy.state_dict(), "frames": frames, "eval_return": ret,
+                         "env_id": args.env_id, "observation_dim": obs_dim, "action_dim": act_dim,
+                         "hidden_sizes": [256, 256]},
+                        out / "policies" / f"step_{frames:07d}.pt")
             buffer.dumps(out / "buffer")
-            torch.save({"agent": agent.state_dict(), "frames": frames, "elapsed": time.time() - start,
-                        "history": history, "rng": torch.get_rng_state(), "args": dataclasses.asdict(args)},
-                       ckpt_path)
+            save_atomic({"agent": agent.state_dict(), "frames": frames, "elapsed": time.time() - start,
+                         "history": history, "rng": torch.get_rng_state(), "args": dataclasses.asdict(args)},
+                        ckpt_path)
             (out / "history.json").write_text(json.dumps(history, indent=1))
     collector.shutdown()
     bar.close()

@@ -121,3 +121,16 @@ def test_rollout_stats_are_the_means_the_examples_log():
     assert stats["model_terminated"] == 0.25 and stats["model_saturated_actions"] == 2 / 8
     with pytest.raises(KeyError, match="uncertainty"):
         training.rollout_stats(rollout.exclude(("next", "uncertainty")), penalty_coef=2.0)
+
+
+def test_save_atomic_replaces_whole_files_and_keeps_the_old_one_when_saving_fails(tmp_path):
+    from cmbrl.components import save_atomic
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"step": 1, "w": torch.arange(3)}, path)
+    save_atomic({"step": 2, "w": torch.arange(4)}, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded["step"] == 2 and torch.equal(loaded["w"], torch.arange(4))
+    with pytest.raises(Exception):
+        save_atomic({"step": 3, "bad": lambda: None}, path)  # a lambda cannot be pickled: torch.save fails mid-way
+    assert torch.load(path, weights_only=False)["step"] == 2  # the previous checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left behind
