@@ -15,7 +15,7 @@ random state. Prints, per state averaged:
   (reward units, a discounted return);
 - ``spread``: the population std of the critics at the choice and at ``a`` (``Q_std`` of Eq. 2).
 
-Returns (``main``) the dict it prints.
+``main`` returns the statistics it prints (without the agent's path, dataset and state count).
 """
 from __future__ import annotations
 

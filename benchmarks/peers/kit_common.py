@@ -94,8 +94,8 @@ def fit_or_load_dynamics(kit, dataset_id: str, data: dict, obs_dim: int, act_dim
 
 
 def evaluate(policy, env, dataset_meta, seed: int, episodes: int) -> tuple[float, list[float]]:
-    """Deterministic episodes in the Gymnasium env (reset seeds ``10,000·seed + i``, as the cmbrl examples);
-    returns the D4RL-normalised mean score (×100) and the returns."""
+    """Deterministic episodes in the Gymnasium env (episode ``i`` reset with seed ``10,000·seed + i``); returns the
+    D4RL-normalised mean score (×100, the dataset's Minari reference scores) and the returns."""
     policy.eval()
     returns = []
     for episode in range(episodes):
