@@ -3,7 +3,9 @@
 OfflineRL-Kit (https://github.com/yihaosun1124/OfflineRL-Kit) is not a dependency and none of its code is here;
 these helpers import a checkout of it (``kit_path``) and feed it a cmbrl dataset in the arrays it expects.
 """
+import argparse
 import json
+import random
 import sys
 import time
 import types
@@ -108,3 +110,81 @@ def evaluate(policy, env, dataset_meta, seed: int, episodes: int) -> tuple[float
         returns.append(float(total))
     policy.train()
     return 100 * float(minari.get_normalized_score(dataset_meta, np.asarray(returns)).mean()), returns
+
+
+def add_run_args(p: argparse.ArgumentParser, dataset: str) -> None:
+    """The arguments every driver takes: checkout, data, seed, budget, evaluation, rollouts, fit cap, output."""
+    p.add_argument("--kit-path", required=True, help="a checkout of OfflineRL-Kit")
+    p.add_argument("--dataset", default=dataset)
+    p.add_argument("--max-transitions", type=int, default=0, help="first N transitions (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30, help="epochs of 1,000 gradient steps")
+    p.add_argument("--eval-every", type=int, default=5, help="epochs between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--horizon", type=int, required=True, help="h")
+    p.add_argument("--rollout-batch-size", type=int, default=10_000)
+    p.add_argument("--dynamics-max-epochs", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+
+
+def start(a: argparse.Namespace):
+    """Imports Kit, sets threads and seeds, creates ``--out``; returns ``(kit, out)``."""
+    kit = import_kit(a.kit_path)
+    torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return kit, out
+
+
+def train(a: argparse.Namespace, kit, policy, dynamics, actor, critics, data: dict, env, dataset_meta, out: Path,
+          real_ratio: float, record, summarise) -> None:
+    """Kit's ``MBPolicyTrainer`` loop: a ``--rollout-batch-size`` rollout of ``--horizon`` steps every 1,000 steps
+    into a model buffer kept for 5 rollouts, ``policy.learn`` on 256-row batches with ``real_ratio`` real rows, and
+    every ``--eval-every`` epochs an evaluation written to ``<out>/result.json``. ``record(action, terminal, info)``
+    returns a tuple of arrays per model step; ``summarise(*arrays concatenated over the rollout)`` returns the
+    rollout's statistics (a dict) logged with each evaluation."""
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    real = kit.ReplayBuffer(len(data["observations"]), (obs_dim,), np.float32, act_dim, np.float32, "cpu")
+    real.load_dataset(data)
+    fake = kit.ReplayBuffer(a.rollout_batch_size * a.horizon * 5, (obs_dim,), np.float32, act_dim, np.float32, "cpu")
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(policy.actor_optim, a.epochs)
+    rollout_log = []  # Kit's dynamics.step, recorded: what its rollout saw
+    kit_step = dynamics.step
+
+    def recording_step(obs, action):
+        next_obs, reward, terminal, info = kit_step(obs, action)
+        rollout_log.append(record(action, terminal, info))
+        return next_obs, reward, terminal, info
+
+    dynamics.step = recording_step
+    probe = np.random.default_rng(1234).choice(len(data["observations"]), 1000, replace=False)
+    probe_obs, probe_act = torch.as_tensor(data["observations"][probe]), torch.as_tensor(data["actions"][probe])
+    history, started, step, model_stats = [], time.time(), 0, {}
+    n_real = int(256 * real_ratio)
+    for epoch in range(1, a.epochs + 1):
+        policy.train()
+        for _ in range(1000):
+            if step % 1000 == 0:
+                rollout_log.clear()
+                transitions, _ = policy.rollout(real.sample(a.rollout_batch_size)["observations"].numpy(), a.horizon)
+                fake.add_batch(**transitions)
+                model_stats = summarise(*(np.concatenate(parts) for parts in zip(*rollout_log)))
+            loss = policy.learn({"real": real.sample(n_real), "fake": fake.sample(256 - n_real)})
+            step += 1
+        schedule.step()
+        if epoch % a.eval_every == 0 or epoch == a.epochs:
+            score, returns = evaluate(policy, env, dataset_meta, a.seed, a.eval_episodes)
+            with torch.no_grad():
+                q = torch.min(critics[0](probe_obs, probe_act), critics[1](probe_obs, probe_act)).mean().item()
+                dist = actor(probe_obs)
+                entropy = -dist.log_prob(*dist.rsample()).mean().item()
+            point = {"step": step, "normalized_score": float(score), "returns": returns, "q_data": q,
+                     "entropy": entropy, "wall_s": time.time() - started,
+                     **{k: float(v) for k, v in loss.items()}, **model_stats}
+            history.append(point)
+            print(json.dumps(point), flush=True)
+            (out / "result.json").write_text(json.dumps({"args": vars(a), "history": history}, indent=1))
