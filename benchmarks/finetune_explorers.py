@@ -12,8 +12,9 @@ Reads every ``<out>/finetune/<dataset>/seed<S>/result.json`` that carries ``runs
 - ``explorers.csv``: one row per evaluation and per online episode (dataset, seed, explorer, kind, step,
   normalized_score, return), the record a later session can ``--include``;
 - ``explorers.md``: per dataset and explorer, the evaluation's mean ± std (population) over seeds at each step, the
-  drop (the lowest evaluation after step 0 minus step 0's, mean over seeds: the dip) and the online episodes' mean
-  normalised score over each half of the online budget;
+  drop (the lowest evaluation after step 0 minus step 0's, mean over seeds: the dip), the late mean (each seed's mean
+  over the last ``--late`` evaluation steps, mean over seeds: less noisy than one 5-episode evaluation) and the online
+  episodes' mean normalised score over each half of the online budget;
 - ``explorers_<dataset>.png``: evaluation mean with a min–max band over seeds, and the online episodes' mean per
   evaluation window, one line per explorer.
 
@@ -63,11 +64,15 @@ def merge(fresh: list[dict], included: list[dict]) -> list[dict]:
     return fresh + [r for r in included if (r["dataset"], r["seed"], r["explorer"]) not in have]
 
 
-def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
+def summarise(rows: list[dict], late: int = 5) -> dict[str, dict[str, dict]]:
     """Per dataset and explorer: ``steps``, ``mean``/``std``/``min``/``max`` of the evaluation over seeds at each
     step (only steps every seed reached), ``seeds``, ``drop`` (mean over seeds of min(evaluations after step 0) −
-    evaluation at step 0), ``online_halves`` (mean episode score over the first and second half of the steps) and
-    ``windows`` (episode mean per evaluation window, pooled over seeds)."""
+    evaluation at step 0), ``late_per_seed`` (each seed's mean evaluation over the last ``late`` of ``steps``; all of
+    them when fewer) and ``late`` (their mean), ``online_halves`` (mean episode score over the first and second half of
+    the steps) and ``windows`` (episode mean per evaluation window, pooled over seeds). Raises ValueError for
+    ``late < 1``."""
+    if late < 1:
+        raise ValueError(f"late must be >= 1 (evaluations to average); got {late}")
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: {"evaluation": {}, "episode": []})))
     for r in rows:
         cell = cells[r["dataset"]][r["explorer"]][r["seed"]]
@@ -84,19 +89,22 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
             drops = [min(v for s, v in c["evaluation"].items() if s > 0) - c["evaluation"][0]
                      for c in seeds.values() if 0 in c["evaluation"] and len(c["evaluation"]) > 1]
             end = steps[-1] if steps else 0
+            late_per_seed = scores[:, -late:].mean(1) if steps else np.array([])
             episodes = [e for c in seeds.values() for e in c["episode"]]
             halves = [[v for s, v in episodes if s <= end / 2], [v for s, v in episodes if s > end / 2]]
             windows = [(hi, [v for s, v in episodes if lo < s <= hi]) for lo, hi in zip(steps, steps[1:])]
             summary[dataset][explorer] = {
                 "steps": steps, "seeds": sorted(seeds), "mean": scores.mean(0), "std": scores.std(0),
                 "min": scores.min(0), "max": scores.max(0), "drop": float(np.mean(drops)) if drops else None,
+                "late_per_seed": [float(v) for v in late_per_seed],
+                "late": float(late_per_seed.mean()) if len(late_per_seed) else None,
                 "online_halves": [float(np.mean(h)) if h else None for h in halves],
                 "windows": [(hi, float(np.mean(v))) for hi, v in windows if v]}
     return summary
 
 
-def table(summary: dict[str, dict[str, dict]]) -> str:
-    """Markdown: one table per dataset, a row per explorer."""
+def table(summary: dict[str, dict[str, dict]], late: int = 5) -> str:
+    """Markdown: one table per dataset, a row per explorer (``late``: the count behind the late-mean column)."""
     def fmt(value):
         return "–" if value is None else f"{value:.1f}"
 
@@ -105,16 +113,18 @@ def table(summary: dict[str, dict[str, dict]]) -> str:
         steps = sorted(set.intersection(*(set(e["steps"]) for e in explorers.values())))
         lines += [f"**{dataset}**", "",
                   "| explorer | seeds | " + " | ".join(f"{s / 1000:g}k" for s in steps)
-                  + " | drop | online episodes, 1st / 2nd half |",
-                  "|---|---|" + "---|" * len(steps) + "---|---|"]
+                  + f" | drop | mean of last {late} | online episodes, 1st / 2nd half |",
+                  "|---|---|" + "---|" * len(steps) + "---|---|---|"]
         for explorer, e in explorers.items():
             cells = [f"{e['mean'][e['steps'].index(s)]:.1f} ± {e['std'][e['steps'].index(s)]:.1f}" for s in steps]
             lines.append(f"| {explorer} | {'/'.join(map(str, e['seeds']))} | " + " | ".join(cells)
-                         + f" | {fmt(e['drop'])} | {' / '.join(fmt(h) for h in e['online_halves'])} |")
+                         + f" | {fmt(e['drop'])} | {fmt(e['late'])} | "
+                         + " / ".join(fmt(h) for h in e["online_halves"]) + " |")
         lines.append("")
     lines.append("Evaluation: the policy without explorer (deterministic), normalised score, mean ± std (population) "
                  "over seeds; step 0 is the offline agent. drop: the lowest evaluation after step 0 minus step 0's, "
-                 "mean over seeds (negative: a dip). Online episodes: what the explorer collected.")
+                 f"mean over seeds (negative: a dip). mean of last {late}: each seed's mean evaluation over "
+                 f"the last {late} evaluation steps, mean over seeds. Online episodes: what the explorer collected.")
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +157,10 @@ def main(argv=None) -> dict:
     p.add_argument("outs", nargs="*", type=Path, help="benchmarks/learning.py --out folders")
     p.add_argument("--include", nargs="*", type=Path, default=[], help="explorers.csv files of earlier sessions")
     p.add_argument("--save", type=Path, required=True, help="folder for explorers.csv, explorers.md, figures")
+    p.add_argument("--late", type=int, default=5, help="evaluations at the end averaged per seed (default 5)")
     args = p.parse_args(argv)
+    if args.late < 1:
+        p.error(f"--late must be >= 1 (evaluations to average); got {args.late}")
     included = [row for path in args.include for row in read_rows(path)]
     rows = merge([row for out in args.outs for row in rows_from_results(out)], included)
     if not rows:
@@ -158,11 +171,11 @@ def main(argv=None) -> dict:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    summary = summarise(rows)
-    (args.save / "explorers.md").write_text(table(summary))
+    summary = summarise(rows, args.late)
+    (args.save / "explorers.md").write_text(table(summary, args.late))
     for dataset, explorers in summary.items():
         plot(args.save / f"explorers_{dataset.replace('/', '_')}.png", dataset, explorers)
-    print(table(summary))
+    print(table(summary, args.late))
     return summary
 
 

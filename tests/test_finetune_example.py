@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from cmbrl import make_dataset
@@ -74,16 +75,23 @@ def test_finetune_explorers_summarises_seeds_and_joins_saved_ones(tmp_path):
                    {"o3f": [(6, 40)], "none": []})
     saved = tmp_path / "saved"
     script.main([str(tmp_path / "b"), "--save", str(saved)])  # seed 1 saved by an "earlier session"
-    summary = script.main([str(tmp_path / "a"), "--include", str(saved / "explorers.csv"), "--save", str(saved)])
+    summary = script.main([str(tmp_path / "a"), "--include", str(saved / "explorers.csv"), "--save", str(saved),
+                           "--late", "2"])
     o3f, none = summary[dataset]["o3f"], summary[dataset]["none"]
     assert o3f["seeds"] == [0, 1] and o3f["steps"] == [0, 5, 10]
     assert list(o3f["mean"]) == [40.0, 32.5, 50.0] and list(o3f["std"]) == [10.0, 12.5, 10.0]
     assert o3f["drop"] == -7.5  # seed 0: 20 - 30, seed 1: 45 - 50
     assert none["drop"] == -3.5  # seed 0 stays above step 0 (lowest 33 - 30 = +3); seed 1: 40 - 50
+    assert o3f["late_per_seed"] == [30.0, 52.5] and o3f["late"] == 41.25  # last 2 steps: (20+40)/2, (45+60)/2
+    assert none["late_per_seed"] == [34.0, 55.0] and none["late"] == 44.5
     assert o3f["online_halves"] == [15.0, 35.0]  # steps <= 5: 10, 20; after: 30, 40
     assert o3f["windows"] == [(5, 15.0), (10, 35.0)]
     with open(saved / "explorers.csv") as f:
         assert len(f.readlines()) == 1 + 12 + 5  # header, 12 evaluations, 5 episodes
-    assert "| o3f | 0/1 | 40.0 ± 10.0 | 32.5 ± 12.5 | 50.0 ± 10.0 | -7.5 | 15.0 / 35.0 |" in \
-        (saved / "explorers.md").read_text()
+    md = (saved / "explorers.md").read_text()
+    assert "| o3f | 0/1 | 40.0 ± 10.0 | 32.5 ± 12.5 | 50.0 ± 10.0 | -7.5 | 41.2 | 15.0 / 35.0 |" in md
+    assert "| none | 0/1 | 40.0 ± 10.0 | 37.5 ± 2.5 | 51.5 ± 18.5 | -3.5 | 44.5 | 50.0 / – |" in md
+    assert "mean of last 2" in md
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "a"), "--save", str(saved), "--late", "0"])
     assert (saved / "explorers_cmbrl_hopper_medium-v0.png").stat().st_size > 0
