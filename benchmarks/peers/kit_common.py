@@ -140,9 +140,10 @@ def start(a: argparse.Namespace):
     return kit, out
 
 
-def train(a: argparse.Namespace, kit, policy, dynamics, actor, critics, data: dict, env, dataset_meta, out: Path,
-          real_ratio: float, record, summarise) -> None:
-    """Kit's ``MBPolicyTrainer`` loop: a ``--rollout-batch-size`` rollout of ``--horizon`` steps every 1,000 steps
+def train(a: argparse.Namespace, kit, policy, data: dict, env, dataset_meta, out: Path, real_ratio: float, record,
+          summarise) -> None:
+    """Kit's ``MBPolicyTrainer`` loop for a Kit model-based SAC policy (its ``dynamics``, ``actor``, ``critic1``,
+    ``critic2``): a ``--rollout-batch-size`` rollout of ``--horizon`` steps every 1,000 steps
     into a model buffer kept for 5 rollouts, ``policy.learn`` on 256-row batches with ``real_ratio`` real rows, and
     every ``--eval-every`` epochs an evaluation written to ``<out>/result.json``. ``record(action, terminal, info)``
     returns a tuple of arrays per model step; ``summarise(*arrays concatenated over the rollout)`` returns the
@@ -153,6 +154,7 @@ def train(a: argparse.Namespace, kit, policy, dynamics, actor, critics, data: di
     fake = kit.ReplayBuffer(a.rollout_batch_size * a.horizon * 5, (obs_dim,), np.float32, act_dim, np.float32, "cpu")
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(policy.actor_optim, a.epochs)
     rollout_log = []  # Kit's dynamics.step, recorded: what its rollout saw
+    dynamics, actor = policy.dynamics, policy.actor
     kit_step = dynamics.step
 
     def recording_step(obs, action):
@@ -179,7 +181,7 @@ def train(a: argparse.Namespace, kit, policy, dynamics, actor, critics, data: di
         if epoch % a.eval_every == 0 or epoch == a.epochs:
             score, returns = evaluate(policy, env, dataset_meta, a.seed, a.eval_episodes)
             with torch.no_grad():
-                q = torch.min(critics[0](probe_obs, probe_act), critics[1](probe_obs, probe_act)).mean().item()
+                q = torch.min(policy.critic1(probe_obs, probe_act), policy.critic2(probe_obs, probe_act)).mean().item()
                 dist = actor(probe_obs)
                 entropy = -dist.log_prob(*dist.rsample()).mean().item()
             point = {"step": step, "normalized_score": float(score), "returns": returns, "q_data": q,

@@ -59,7 +59,7 @@ def main() -> None:
                              tau=0.005, gamma=0.99, alpha=(-act_dim, log_alpha, torch.optim.Adam([log_alpha], lr=1e-4)),
                              cql_weight=a.beta, temperature=1.0, max_q_backup=False, deterministic_backup=True,
                              with_lagrange=False, num_repeart_actions=10, uniform_rollout=False, rho_s="model")
-    train(a, kit, policy, dynamics, actor, critics, data, env, dataset_meta, out, 0.5, record, summarise)
+    train(a, kit, policy, data, env, dataset_meta, out, 0.5, record, summarise)
 
 
 if __name__ == "__main__":

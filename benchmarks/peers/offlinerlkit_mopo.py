@@ -57,7 +57,7 @@ def main() -> None:
     policy = kit.MOPOPolicy(dynamics, actor, *critics, torch.optim.Adam(actor.parameters(), lr=1e-4),
                             *[torch.optim.Adam(c.parameters(), lr=3e-4) for c in critics], tau=0.005, gamma=0.99,
                             alpha=(-act_dim, log_alpha, torch.optim.Adam([log_alpha], lr=1e-4)))
-    train(a, kit, policy, dynamics, actor, critics, data, env, dataset_meta, out, 0.05, record, summarise)
+    train(a, kit, policy, data, env, dataset_meta, out, 0.05, record, summarise)
 
 
 if __name__ == "__main__":
