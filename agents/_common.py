@@ -3,8 +3,8 @@
 
 * argument checks (:func:`check_dims`, :func:`check_count`, :func:`check_tau`, :func:`check_bounds`);
 * :func:`seeded`, the seeded network initialisation that leaves the global RNG untouched;
-* :class:`_Learner`, the components' optimiser plumbing: foreach Adams, one update step, state dicts that carry the
-  optimisers;
+* :class:`_Learner`, the components' device and optimiser plumbing: placement on ``device``, foreach Adams, one
+  update step (eager, or compiled as one function), state dicts that carry the optimisers;
 * :class:`_ActorCriticLoss`, the fast paths of the losses (the actor run without a parameter swap, stacked MLP
   critics run as batched matmuls), the one-step target, the Bellman loss and :meth:`forward`.
 """
@@ -21,6 +21,8 @@ from tensordict.nn import TensorDictModule, TensorDictParams
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.modules import MLP
+
+from cmbrl.components.devices import check_compile_options, compile_step, resolve_device
 
 
 def check_dims(observation_dim: int, action_dim: int) -> None:
@@ -66,39 +68,210 @@ def seeded(seed: int | None):
         yield
 
 
+def on_device(batch: TensorDictBase, device: torch.device) -> TensorDictBase:
+    """``batch`` itself when all its tensors are on ``device`` (no copy), else ``batch.to(device)`` (one copy).
+
+    Raises ``TypeError`` naming the type received when ``batch`` is not a TensorDict."""
+    if not isinstance(batch, TensorDictBase):
+        raise TypeError(f"batch must be a TensorDict of transitions, got {type(batch).__name__}")
+    where = batch.device
+    if where == device or (where is None and all(t.device == device for t in batch.values(True, True))):
+        return batch
+    return batch.to(device)
+
+
+@contextlib.contextmanager
+def no_distribution_validation():
+    """Within the block, ``torch.distributions`` skips its argument checks (``validate_args`` defaults to
+    ``False``), restored after it. The checks read every parameter back on the host (``bool(valid.all())``): one
+    synchronisation per distribution built on a GPU, and an error inside a CUDA-graph capture."""
+    previous = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(previous)
+
+
+def move_policy_extras(policy: nn.Module, device: torch.device) -> None:
+    """Moves what ``nn.Module.to`` leaves behind in a TorchRL policy: the tensors in the
+    ``distribution_kwargs`` of its ``ProbabilisticTensorDictModule`` s (``TanhNormal``'s ``low``/``high``) and its
+    action spec (so explorers and collectors read bounds on the policy's device)."""
+    for module in policy.modules():
+        kwargs = getattr(module, "distribution_kwargs", None)
+        if isinstance(kwargs, dict):
+            for key, value in kwargs.items():
+                if isinstance(value, torch.Tensor):
+                    kwargs[key] = value.to(device)
+    spec = getattr(policy, "spec", None)
+    if spec is not None:
+        policy.spec = spec.to(device)
+
+
+def _optimizer_state_to(optim: torch.optim.Optimizer, device: torch.device, capturable: bool) -> None:
+    """After ``Optimizer.load_state_dict``: the ``capturable`` flag this learner was built with, and Adam's
+    ``step`` counters where they belong (on the parameters' device when capturable, on the CPU otherwise).
+
+    ``Optimizer.load_state_dict`` already casts the moments (``exp_avg``, ...) to each parameter's device and dtype,
+    but keeps the saved ``capturable`` flag and leaves ``step`` where it was saved unless that flag is set; a
+    checkpoint of a CUDA-graph learner (``capturable=True``, ``step`` on the GPU) loaded on the CPU would otherwise
+    keep a CUDA ``step`` and a flag the CPU Adam refuses."""
+    for group in optim.param_groups:
+        if "capturable" in group:
+            group["capturable"] = capturable
+    for state in optim.state.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            where = device if capturable else torch.device("cpu")
+            if step.device != where:
+                state["step"] = step.to(where, torch.float32 if capturable else step.dtype)
+
+
+def _without_fullgraph(compile):
+    """``compile`` without a ``fullgraph`` entry (torch.optim breaks the graph around ``step`` by design)."""
+    if isinstance(compile, dict) and "fullgraph" in compile:
+        return {key: value for key, value in compile.items() if key != "fullgraph"}
+    return compile
+
+
 class _Learner:
     """What the components (an ``nn.Module`` owning ``loss_module`` and ``target_updater``) share around their loss:
 
-    * :meth:`_make_optimizers`: foreach Adams on the loss module's actor and critic parameters (and ``log α``);
+    * :meth:`_init_device`/:meth:`_place`: the ``device``, ``compile`` and ``cudagraphs`` arguments (checked), and
+      the networks moved onto ``device`` (the loss module with its targets, ``log α``, bounds, the policy's
+      distribution bounds and spec) before the optimisers are built;
+    * :meth:`_make_optimizers`: foreach Adams on the loss module's actor and critic parameters (and ``log α``),
+      ``capturable`` under CUDA graphs;
     * :meth:`_step`: one gradient step of the optimisers named in ``OPTIMIZERS`` on a summed loss, then the soft
       target update;
+    * :meth:`_run`: :meth:`update`'s common part: the batch moved to ``device`` if it is elsewhere, the subclass's
+      ``_loss_and_metrics`` and the step run eagerly or compiled (:meth:`_build_compiled_update`), the metrics
+      returned as floats (``sync=True``) or as 0-d tensors on ``device`` (``sync=False``); off the eager CPU path
+      ``torch.distributions``' argument checks are off during the update (:func:`no_distribution_validation`);
     * ``state_dict``/``load_state_dict`` that also carry the optimisers named in ``OPTIMIZERS`` (a checkpoint
       resumes training exactly, Adam moments included).
     """
 
     OPTIMIZERS: tuple[str, ...] = ()
+    METRICS: tuple[str, ...] = ()
+
+    def _init_device(self, device: str | torch.device, compile: bool | str | dict, cudagraphs: bool) -> None:
+        """Resolves and checks ``device``, ``compile`` and ``cudagraphs`` (``ValueError`` naming what was given)."""
+        self.device = resolve_device(device)
+        check_compile_options(self.device, compile, cudagraphs)
+        self._compile, self.cudagraphs = compile, bool(cudagraphs)  # not self.compile: nn.Module.compile
+        self._compiled_update = None
+
+    def _place(self) -> None:
+        """Moves the networks onto ``self.device``; under ``compile`` or ``cudagraphs``, the critics run through
+        autograd (the hand-written ``_StackedReluMLP`` backward breaks dynamo, and its workspace of reused buffers
+        is not capturable). Call before building the optimisers."""
+        if self.device.type != "cpu":
+            self.to(self.device)
+            move_policy_extras(self.policy, self.device)
+        if (self._compile is not False or self.cudagraphs) and hasattr(self.loss_module, "_fused"):
+            self.loss_module._fused = False  # its reused workspace buffers are no place for a captured graph either
+
+    def _adam(self, params, lr: float) -> torch.optim.Adam:
+        """A foreach Adam (``capturable`` under CUDA graphs: its step counter stays on the GPU)."""
+        # foreach: the multi-tensor Adam, bit-identical to the default single-tensor loop on CPU and faster
+        return torch.optim.Adam(params, lr=lr, foreach=True, capturable=self.cudagraphs)
 
     def _make_optimizers(self, actor_lr: float, critic_lr: float, alpha_lr: float | None = None) -> None:
         """Sets ``actor_optim``, ``critic_optim`` and, given ``alpha_lr``, ``alpha_optim`` (on ``log_alpha``)."""
-        # foreach: the multi-tensor Adam, bit-identical to the default single-tensor loop on CPU and faster
-        self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(),
-                                            lr=actor_lr, foreach=True)
-        self.critic_optim = torch.optim.Adam(self.loss_module.qvalue_network_params.flatten_keys().values(),
-                                             lr=critic_lr, foreach=True)
+        self.actor_optim = self._adam(self.loss_module.actor_network_params.flatten_keys().values(), actor_lr)
+        self.critic_optim = self._adam(self.loss_module.qvalue_network_params.flatten_keys().values(), critic_lr)
         if alpha_lr is not None:
-            self.alpha_optim = torch.optim.Adam([self.loss_module.log_alpha], lr=alpha_lr, foreach=True)
+            self.alpha_optim = self._adam([self.loss_module.log_alpha], alpha_lr)
+
+    def _zero_grad(self) -> None:
+        """``Optimizer.zero_grad(set_to_none=True)`` of the ``OPTIMIZERS``, without its profiler scope."""
+        for name in self.OPTIMIZERS:
+            for group in getattr(self, name).param_groups:
+                for param in group["params"]:
+                    param.grad = None
+
+    def _optim_step(self) -> None:
+        """Steps the ``OPTIMIZERS``, then the soft target update."""
+        for name in self.OPTIMIZERS:
+            getattr(self, name).step()
+        self.target_updater.step()
 
     def _step(self, loss: torch.Tensor) -> None:
         """Clears the gradients of the ``OPTIMIZERS``, backpropagates ``loss``, steps them, updates the targets."""
-        optims = [getattr(self, name) for name in self.OPTIMIZERS]
-        for optim in optims:  # Optimizer.zero_grad(set_to_none=True) without its profiler scope
-            for group in optim.param_groups:
-                for param in group["params"]:
-                    param.grad = None
+        self._zero_grad()
         loss.backward()
-        for optim in optims:
-            optim.step()
-        self.target_updater.step()
+        self._optim_step()
+
+    def _compile_input(self, batch: TensorDictBase) -> TensorDictBase:
+        """What :meth:`_loss_and_metrics` takes: the batch (COMBO wraps it with its real/model row indices)."""
+        return batch
+
+    def _batch_of(self, inputs: TensorDictBase) -> TensorDictBase:
+        """The batch inside :meth:`_compile_input`'s output (the one the loss writes its priority into)."""
+        return inputs
+
+    def _loss_and_metrics(self, inputs: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss to backpropagate and the detached metrics stacked in ``METRICS`` order,
+        ``(len(METRICS),)``, from :meth:`_compile_input`'s output on ``device``."""
+        raise NotImplementedError
+
+    def _build_compiled_update(self):
+        """The compiled update: the loss (forward; AOTAutograd compiles its backward) and the optimiser + target
+        step as two ``torch.compile`` d functions, the backward between them (a graph break in any case: two
+        functions spare dynamo the restart it makes at a break inside one, ~3x less compile time), the whole
+        captured by ``CudaGraphModule`` under ``cudagraphs`` (:func:`~cmbrl.components.devices.compile_step`).
+        ``compile={"fullgraph": True, ...}`` applies to the loss only: torch.optim breaks the graph around every
+        ``Optimizer.step`` on purpose."""
+        loss_fn = compile_step(self._loss_and_metrics, compile=self._compile)
+        step_fn = compile_step(self._optim_step, compile=_without_fullgraph(self._compile))
+
+        def update(inputs: TensorDictBase) -> TensorDictBase:
+            loss, metrics = loss_fn(inputs)
+            self._zero_grad()
+            loss.backward()
+            step_fn()
+            out = {"metrics": metrics}
+            # a captured graph writes into its own copy of the batch: hand the priority back to _run
+            priority = self._batch_of(inputs).get(self._priority_key, None)
+            if priority is not None:
+                out["priority"] = priority.detach()
+            return TensorDict(out, batch_size=[])
+
+        return compile_step(update, compile=False, cudagraphs=self.cudagraphs)
+
+    @property
+    def _priority_key(self):
+        return getattr(getattr(self.loss_module, "tensor_keys", None), "priority", "td_error")
+
+    def _run(self, batch: TensorDictBase, sync: bool):
+        """:meth:`update`'s body: ``batch`` onto ``device`` (one copy if elsewhere), the update eager or compiled,
+        the metrics as floats (``sync``) or 0-d tensors on ``device``."""
+        batch = on_device(batch, self.device)
+        inputs = self._compile_input(batch)
+        if self._compile is False and not self.cudagraphs:
+            if self.device.type == "cpu":  # the eager CPU path, torch.distributions' checks on as everywhere
+                loss, values = self._loss_and_metrics(inputs)
+                self._step(loss)
+            else:  # on a GPU the checks would synchronise at every distribution
+                with no_distribution_validation():
+                    loss, values = self._loss_and_metrics(inputs)
+                    self._step(loss)
+        else:
+            if self._compiled_update is None:
+                self._compiled_update = self._build_compiled_update()
+            with no_distribution_validation():  # traced (and captured) without host reads
+                out = self._compiled_update(inputs)
+            values = out.get("metrics")
+            if not sync and not self.cudagraphs:
+                # inductor's CUDA-graph modes ("reduce-overhead") reuse their output buffers at the next call
+                values = values.clone()
+            priority = out.get("priority", None)
+            if priority is not None:
+                batch.set(self._priority_key, priority)
+        if sync:
+            return dict(zip(self.METRICS, values.tolist()))  # one device-to-host copy for all metrics
+        return dict(zip(self.METRICS, values.unbind()))
 
     def state_dict(self, *args, **kwargs):  # noqa: D102 - adds optimiser states to the module's
         state = {"modules": super().state_dict(*args, **kwargs)}
@@ -113,6 +286,7 @@ class _Learner:
             optim.load_state_dict(copy.deepcopy(optim_state))
             for group in optim.param_groups:  # states saved before foreach=True carry foreach=None
                 group["foreach"] = True
+            _optimizer_state_to(optim, self.device, self.cudagraphs)
 
 
 def _stacked_mlp_plan(qvalue_network: TensorDictModule, params: TensorDictParams):

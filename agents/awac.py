@@ -385,9 +385,19 @@ class AWAC(_Learner, nn.Module):
             :class:`AWACLoss` (defaults ``1/3``, ``"exp_clamp"``, 20, 1, 2, ``None``).
         seed: if given, the network initialisation is seeded (the global RNG is left untouched). Sampling in
             :meth:`update` uses the global RNG.
+        device: where every tensor of the learner lives (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a
+            :class:`torch.device`, see :func:`~cmbrl.components.devices.resolve_device`); the same seed gives the
+            same initial weights on every device (drawn on the CPU, then moved). Default ``"cpu"``. Read back as
+            :attr:`device`. See :class:`~cmbrl.agents.SAC` for batches on other devices and checkpoints
+            (``torch.load(path, map_location=agent.device)``).
+        compile: ``False`` (default, eager), ``True`` (``torch.compile``, inductor's default mode), a mode string
+            or a dict of ``torch.compile`` keyword arguments (``{"backend": "aot_eager"}``): the whole update is one
+            compiled function, as :class:`~cmbrl.agents.SAC`'s.
+        cudagraphs: capture the update in a CUDA graph (CUDA only; ``capturable`` Adams; fixed batch size).
+            Default ``False``.
 
     Raises:
-        ValueError: for an unknown ``actor``, non-positive sizes, ``tau`` outside ``(0, 1]``, bad bounds, or any
+        ValueError: a device this machine lacks, ``cudagraphs=True`` off CUDA, a bad ``compile``, an unknown ``actor``, non-positive sizes, ``tau`` outside ``(0, 1]``, bad bounds, or any
             :class:`AWACLoss` argument outside its range.
 
     Batches given to :meth:`update` are TensorDicts of shape ``(B,)`` with TorchRL's keys: ``"observation" (B, O)``,
@@ -436,9 +446,13 @@ class AWAC(_Learner, nn.Module):
         num_qvalue_nets: int = 2,
         target_subset_size: int | None = None,
         seed: int | None = None,
+        device: str | torch.device = "cpu",
+        compile: bool | str | dict = False,
+        cudagraphs: bool = False,
     ) -> None:
         super().__init__()
         check_dims(observation_dim, action_dim)
+        self._init_device(device, compile, cudagraphs)
         if actor not in ACTORS:
             raise ValueError(f"actor must be one of {ACTORS}, got {actor!r}")
         check_tau(tau)
@@ -459,22 +473,28 @@ class AWAC(_Learner, nn.Module):
                 self.policy, critics, num_qvalue_nets=num_qvalue_nets, gamma=gamma, temperature=temperature,
                 weight=weight, max_weight=max_weight, num_action_samples=num_action_samples,
                 target_subset_size=target_subset_size)
+        self._place()  # onto the device before the target updater and the optimisers read the parameters
         self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
         self._make_optimizers(actor_lr, critic_lr)
 
-    def update(self, batch: TensorDictBase) -> dict[str, float]:
+    def update(self, batch: TensorDictBase, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
         """One gradient step on actor and critics, then a soft target update.
 
         Args:
-            batch: transitions, shape ``(B,)`` (see the class docstring for keys). ``"td_error" (B,)`` is written
-                into it (the priority key of :class:`AWACLoss`).
+            batch: transitions, shape ``(B,)`` (see the class docstring for keys), best already on :attr:`device`
+                (else moved there once per call). ``"td_error" (B,)`` is written into it (the priority key of
+                :class:`AWACLoss`; into the moved copy when it was elsewhere).
+            sync: ``True``: floats (one device-to-host copy); ``False``: detached 0-d tensors on :attr:`device`
+                without a synchronisation.
 
         Returns:
-            Floats: ``loss_actor``, ``loss_qvalue`` (sum over critics of the mean squared TD error, squared reward
+            Floats (or 0-d tensors): ``loss_actor``, ``loss_qvalue`` (sum over critics of the mean squared TD error, squared reward
             units), ``advantage`` (mean ``A(s, a)``, reward units), ``weight_mean``, ``weight_max``, ``q_data`` (mean
             ``min_j Q_j(s, a)``) and ``log_prob`` (mean ``log π(a|s)`` of the batch's actions, nats).
         """
+        return self._run(batch, sync)
+
+    def _loss_and_metrics(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         values = self.loss_module._losses(batch)  # forward() without building the output TensorDict
-        self._step(values[0] + values[1])
-        return dict(zip(self.METRICS, torch.stack([v.detach() for v in values]).tolist()))
+        return values[0] + values[1], torch.stack([v.detach() for v in values])
 

@@ -17,11 +17,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, Actor
 from torchrl.objectives import BCLoss
+
+from cmbrl.components.devices import check_compile_options, compile_step, resolve_device
+
+from ._common import _optimizer_state_to, _without_fullgraph, move_policy_extras, on_device
 
 __all__ = ["BC"]
 
@@ -81,12 +85,26 @@ class BC(nn.Module):
             are buffers of the policy, saved in :meth:`state_dict`; the policy always takes raw observations.
         hidden_sizes: widths of the ReLU hidden layers. Default ``(256, 256)`` (CORL BC, TD3+BC).
         lr: Adam learning rate. Default ``3e-4`` (CORL ``any_percent_bc.py``; also the TD3+BC actor's).
-        seed: if given, the network initialisation is seeded (the global RNG is left untouched).
+        seed: if given, the network initialisation is seeded (the global RNG is left untouched); the same seed
+            gives the same initial weights on every device (drawn on the CPU, then moved).
+        device: where the policy, its statistics and bounds, and the Adam state live (``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`, see
+            :func:`~cmbrl.components.devices.resolve_device`). Default ``"cpu"``.
+        compile: ``False`` (default, eager), ``True`` (``torch.compile``, inductor's default mode), a mode string
+            or a dict of ``torch.compile`` keyword arguments (``{"backend": "aot_eager"}``): the update (loss,
+            backward, Adam step) is one compiled function.
+        cudagraphs: capture the update in a CUDA graph (CUDA only; ``capturable`` Adam; fixed batch size).
+            Default ``False``.
 
     Attributes:
         policy: the deterministic :class:`~torchrl.modules.Actor` reading ``"observation"`` and writing
             ``"action"``; usable in ``env.rollout(max_steps, agent.policy)``.
         loss_module: the :class:`~torchrl.objectives.BCLoss`; it shares the policy's parameters.
+        device: the :class:`torch.device` of every parameter, buffer and optimiser state.
+
+    Devices and checkpoints: :meth:`update` takes batches on any device (moved once per call; the fast path is a
+    batch already on :attr:`device`). Load a checkpoint saved on another device with
+    ``agent.load_state_dict(torch.load(path, map_location=agent.device))``.
 
     Batches given to :meth:`update` are TensorDicts of shape ``(B,)`` with ``"observation" (B, O)`` and
     ``"action" (B, A)``, e.g. from :func:`cmbrl.load_dataset`; other keys are ignored.
@@ -94,7 +112,8 @@ class BC(nn.Module):
     Raises:
         ValueError: non-positive dimensions, a bound or statistic of the wrong shape or not finite,
             ``action_low >= action_high`` or ``observation_std <= 0`` in some dimension, a non-positive hidden
-            width or a non-positive ``lr``.
+            width or a non-positive ``lr``, a device this machine lacks (naming the available ones),
+            ``cudagraphs=True`` off CUDA, or a ``compile`` that is not a bool, a mode string or a dict.
 
     Reference: Pomerleau, Neural Computation 1991 (behaviour cloning); Fu et al., D4RL, arXiv:2004.07219;
     Tarasov et al., CORL, arXiv:2210.07105 (hyperparameters).
@@ -125,8 +144,15 @@ class BC(nn.Module):
         hidden_sizes: Sequence[int] = (256, 256),
         lr: float = 3e-4,
         seed: int | None = None,
+        device: str | torch.device = "cpu",
+        compile: bool | str | dict = False,
+        cudagraphs: bool = False,
     ) -> None:
         super().__init__()
+        self.device = resolve_device(device)
+        check_compile_options(self.device, compile, cudagraphs)
+        self._compile, self.cudagraphs = compile, bool(cudagraphs)  # not self.compile: nn.Module.compile
+        self._compiled_update = None
         if not (isinstance(observation_dim, int) and isinstance(action_dim, int)) or observation_dim <= 0 \
                 or action_dim <= 0:
             raise ValueError(
@@ -162,29 +188,68 @@ class BC(nn.Module):
             # torchrl 0.14.1: BCLoss does not annotate the (unused) target_actor_network_params it sets to None.
             warnings.filterwarnings("ignore", message="The name target_actor_network_params wasn't part")
             self.loss_module = BCLoss(self.policy, loss_function="mse")
-        self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(), lr=lr)
+        if self.device.type != "cpu":
+            self.to(self.device)
+            move_policy_extras(self.policy, self.device)
+        self.actor_optim = torch.optim.Adam(self.loss_module.actor_network_params.flatten_keys().values(), lr=lr,
+                                            capturable=self.cudagraphs)
 
-    def update(self, batch: TensorDictBase) -> dict[str, float]:
+    def update(self, batch: TensorDictBase, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
         """One Adam step on the mean squared error between the policy's and the dataset's actions.
 
         Args:
             batch: TensorDict of shape ``(B,)`` with ``"observation" (B, O)`` and ``"action" (B, A)``, floating
-                point (float64 is cast to float32).
+                point (float64 is cast to float32), best already on :attr:`device` (else moved there once).
+            sync: ``True``: a float (one device-to-host copy); ``False``: a detached 0-d tensor on :attr:`device`,
+                without a synchronisation.
 
         Returns:
-            ``{"loss_bc": float}``: the batch's squared error before the step, averaged over ``B`` and ``A``
-            (squared action units).
+            ``{"loss_bc": float}`` (or a 0-d tensor): the batch's squared error before the step, averaged over
+            ``B`` and ``A`` (squared action units).
 
         Raises:
             TypeError: ``batch`` is not a TensorDict, or an entry is not floating point.
             ValueError: a key is missing, or an entry's shape is not ``(B, O)`` / ``(B, A)`` for the batch's ``B``.
         """
         self._check_batch(batch)
-        loss = self.loss_module(batch.select("observation", "action").float())["loss_bc"]
+        batch = on_device(batch.select("observation", "action"), self.device)
+        if self._compile is False and not self.cudagraphs:
+            loss = self._loss(batch)
+            self._step(loss)
+            loss = loss.detach()
+        else:
+            if self._compiled_update is None:
+                self._compiled_update = self._build_compiled_update()
+            loss = self._compiled_update(batch).get("loss_bc")
+            if not sync and not self.cudagraphs:
+                loss = loss.clone()  # inductor's CUDA-graph modes reuse their output buffers
+        return {"loss_bc": float(loss) if sync else loss}
+
+    def _loss(self, batch: TensorDictBase) -> torch.Tensor:
+        """The mean squared error on a batch on :attr:`device`."""
+        return self.loss_module(batch.float())["loss_bc"]
+
+    def _step(self, loss: torch.Tensor) -> None:
         self.actor_optim.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_optim.step()
-        return {"loss_bc": float(loss.detach())}
+
+    def _build_compiled_update(self):
+        """The loss and the Adam step as two compiled functions, the backward between them, the whole captured by
+        ``CudaGraphModule`` under ``cudagraphs`` (as :class:`~cmbrl.agents.SAC`'s; ``fullgraph`` for the loss only)."""
+        loss_fn = compile_step(self._loss, compile=self._compile)
+        step_fn = compile_step(self.actor_optim.step, compile=_without_fullgraph(self._compile))
+
+        def update(batch: TensorDictBase) -> TensorDictBase:
+            loss = loss_fn(batch)
+            for group in self.actor_optim.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            loss.backward()
+            step_fn()
+            return TensorDict({"loss_bc": loss.detach()}, batch_size=[])
+
+        return compile_step(update, compile=False, cudagraphs=self.cudagraphs)
 
     @torch.no_grad()
     def act(self, observation: np.ndarray) -> np.ndarray:
@@ -203,8 +268,8 @@ class BC(nn.Module):
         if observation.ndim not in (1, 2) or observation.shape[-1] != self.observation_dim:
             raise ValueError(f"observation must have shape ({self.observation_dim},) or (B, {self.observation_dim}), "
                              f"got {observation.shape}.")
-        tensor = torch.as_tensor(observation, dtype=torch.float32)
-        return self.policy.module(tensor).numpy()
+        tensor = torch.as_tensor(observation, dtype=torch.float32, device=self.device)
+        return self.policy.module(tensor).cpu().numpy()
 
     def _check_batch(self, batch: TensorDictBase) -> None:
         if not isinstance(batch, TensorDictBase):
@@ -232,3 +297,4 @@ class BC(nn.Module):
         super().load_state_dict(state["modules"], strict=strict)  # copies into our tensors
         # torch.optim keeps same-device, same-dtype state tensors by reference: copy, or two agents share Adam moments
         self.actor_optim.load_state_dict(copy.deepcopy(state["optimizers"]["actor_optim"]))
+        _optimizer_state_to(self.actor_optim, self.device, self.cudagraphs)

@@ -365,8 +365,21 @@ class COMBOLoss(_ActorCriticLoss, SACLoss):
             prior_actions, prior_log_density = rsample_and_log_prob(prior_dist, (n,))
         return torch.cat([actions, prior_actions]), torch.cat([log_density, prior_log_density])
 
-    def _losses(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
-        """The terms and diagnostics of :meth:`forward`, in ``METRICS`` order, as tensors (no TensorDict)."""
+    def split_rows(self, tensordict: TensorDictBase) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch's real/model split as row indices, checked: ``(real_rows, rho_rows)``.
+
+        Args:
+            tensordict: the batch ``(B,)`` with the boolean ``is_real (B, 1)`` key.
+
+        Returns:
+            ``real_rows (B_real,)`` (``None`` when every row is real) and ``rho_rows (B_ρ,)``, the model rows with
+            ``rho="model"`` (``None`` with ``rho="mixed"``: all rows). Both on the batch's device; computing them
+            reads the mask on the host (one synchronisation), which is why a compiled update takes them as inputs.
+
+        Raises:
+            KeyError: the batch has no ``is_real`` key (the message lists its keys).
+            ValueError: no real row, or ``rho="model"`` and no model row.
+        """
         keys = self.tensor_keys
         try:
             is_real = tensordict.get(keys.is_real)
@@ -380,9 +393,17 @@ class COMBOLoss(_ActorCriticLoss, SACLoss):
         if num_real == 0:
             raise ValueError(f"the batch has no real row ({keys.is_real!r} all False): the push-up term "
                              f"E_D[Q(s, a)] needs dataset transitions")
+        real_rows = is_real.nonzero().squeeze(-1) if num_real < is_real.numel() else None
         rho_rows = None if self.rho == "mixed" else (~is_real).nonzero().squeeze(-1)
         if rho_rows is not None and rho_rows.numel() == 0:
             raise ValueError(f"rho='model' but the batch has no model row ({keys.is_real!r} all True)")
+        return real_rows, rho_rows
+
+    def _losses(self, tensordict: TensorDictBase, rows: tuple | None = None) -> tuple[torch.Tensor, ...]:
+        """The terms and diagnostics of :meth:`forward`, in ``METRICS`` order, as tensors (no TensorDict).
+        ``rows``: :meth:`split_rows` of the batch when already computed."""
+        keys = self.tensor_keys
+        real_rows, rho_rows = self.split_rows(tensordict) if rows is None else rows
         next_td = tensordict.get("next")
         actor_keys = self.actor_network.in_keys
         critic_keys = [k for k in self.qvalue_network.in_keys if k != keys.action]
@@ -423,7 +444,7 @@ class COMBOLoss(_ActorCriticLoss, SACLoss):
         else:
             pushdown = self.temperature * torch.logsumexp((q_sampled - log_density) / self.temperature, dim=1)
         pushdown = pushdown.mean(-1)  # (N,)
-        pushup = q_data[:, is_real].mean(-1) if num_real < is_real.numel() else q_data.mean(-1)  # (N,)
+        pushup = (q_data if real_rows is None else q_data.index_select(1, real_rows)).mean(-1)  # (N,)
         gap = pushdown - pushup  # (N,)
         beta = self.log_beta.exp().clamp(max=self.max_beta)
         loss_cql = beta.detach() * gap.sum()
@@ -480,9 +501,19 @@ class COMBO(_Learner, nn.Module):
             of Algorithm 1 at OfflineRL-Kit's rollout frequency). Ignored with ``prior="uniform"``.
         seed: if given, the network initialisation is seeded (the global RNG is left untouched). Sampling in
             :meth:`update` uses the global RNG.
+        device: where every tensor of the learner lives (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a
+            :class:`torch.device`, see :func:`~cmbrl.components.devices.resolve_device`); the same seed gives the
+            same initial weights on every device (drawn on the CPU, then moved). Default ``"cpu"``. Read back as
+            :attr:`device`. See :class:`~cmbrl.agents.SAC` for batches on other devices and checkpoints
+            (``torch.load(path, map_location=agent.device)``).
+        compile: ``False`` (default, eager), ``True`` (``torch.compile``, inductor's default mode), a mode string
+            or a dict of ``torch.compile`` keyword arguments (``{"backend": "aot_eager"}``): the whole update is one
+            compiled function, as :class:`~cmbrl.agents.SAC`'s.
+        cudagraphs: capture the update in a CUDA graph (CUDA only; ``capturable`` Adams; fixed batch size and a fixed number of real rows per batch).
+            Default ``False``.
 
     Raises:
-        ValueError: for non-positive sizes, ``tau`` outside ``(0, 1]``, a non-positive ``prior_update_interval``, bad
+        ValueError: a device this machine lacks, ``cudagraphs=True`` off CUDA, a bad ``compile``, non-positive sizes, ``tau`` outside ``(0, 1]``, a non-positive ``prior_update_interval``, bad
             bounds, or any :class:`COMBOLoss` argument outside its range.
 
     Batches given to :meth:`update` are TensorDicts of shape ``(B,)`` with TorchRL's keys and ``"is_real"``:
@@ -537,9 +568,13 @@ class COMBO(_Learner, nn.Module):
         beta_threshold: float = 10.0,
         max_beta: float = 1e6,
         seed: int | None = None,
+        device: str | torch.device = "cpu",
+        compile: bool | str | dict = False,
+        cudagraphs: bool = False,
     ) -> None:
         super().__init__()
         check_dims(observation_dim, action_dim)
+        self._init_device(device, compile, cudagraphs)
         check_tau(tau)
         check_count("prior_update_interval", prior_update_interval)
         if not log_std_min < log_std_max:
@@ -559,29 +594,50 @@ class COMBO(_Learner, nn.Module):
                 learn_beta=learn_beta, beta_threshold=beta_threshold, max_beta=max_beta, gamma=gamma,
                 alpha_init=alpha_init, max_alpha=max_alpha, target_entropy=target_entropy,
                 action_spec=self.policy.spec["action"])
-        self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._place()  # onto the device before the target updater and the optimisers read the parameters
+        self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
         self._make_optimizers(actor_lr, critic_lr, alpha_lr)
         self.OPTIMIZERS = ("actor_optim", "critic_optim", "alpha_optim")
         if learn_beta:
-            self.beta_optim = torch.optim.Adam([self.loss_module.log_beta], lr=beta_lr, foreach=True)
+            self.beta_optim = self._adam([self.loss_module.log_beta], beta_lr)
             self.OPTIMIZERS += ("beta_optim",)
 
-    def update(self, batch: TensorDictBase) -> dict[str, float]:
+    def update(self, batch: TensorDictBase, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
         """One gradient step on actor, critics, α (and β), a soft target update, and the prior's refresh when due.
 
         Args:
-            batch: transitions, shape ``(B,)`` (see the class docstring for keys). ``"td_error" (B,)`` is written
-                into it.
+            batch: transitions, shape ``(B,)`` (see the class docstring for keys), best already on :attr:`device`
+                (else moved there once per call). ``"td_error" (B,)`` is written into it (into the moved copy when
+                it was elsewhere).
+            sync: ``True``: floats (one device-to-host copy); ``False``: detached 0-d tensors on :attr:`device`
+                without a synchronisation of their own (the batch's real/model split is still read on the host).
 
         Returns:
-            Floats, see :class:`COMBOLoss`: ``loss_actor``, ``loss_qvalue`` (Bellman part, squared reward units),
+            Floats (or 0-d tensors), see :class:`COMBOLoss`: ``loss_actor``, ``loss_qvalue`` (Bellman part, squared reward units),
             ``loss_cql`` (``β Σ_j gap_j``), ``loss_alpha``, ``loss_beta``, ``alpha``, ``entropy`` (nats), ``beta``,
             ``cql_gap``, ``q_data``, ``q_pushdown`` and ``policy_gap`` (reward units).
         """
-        values = self.loss_module._losses(batch)  # forward() without building the output TensorDict
-        self._step(values[0] + values[1] + values[2] + values[3] + values[4])
+        metrics = self._run(batch, sync)
         self.num_updates += 1
         if self.loss_module.prior == "previous_policy" and int(self.num_updates) % self.prior_update_interval == 0:
             self.loss_module.update_prior()
-        return dict(zip(self.METRICS, torch.stack([v.detach() for v in values]).tolist()))
+        return metrics
+
+    def _compile_input(self, batch: TensorDictBase) -> TensorDictBase:
+        # the real/model split is read on the host here, outside the compiled (or captured) loss
+        real_rows, rho_rows = self.loss_module.split_rows(batch)
+        inputs = {"batch": batch}
+        if real_rows is not None:
+            inputs["real_rows"] = real_rows
+        if rho_rows is not None:
+            inputs["rho_rows"] = rho_rows
+        return TensorDict(inputs, batch_size=[])
+
+    def _batch_of(self, inputs: TensorDictBase) -> TensorDictBase:
+        return inputs.get("batch")
+
+    def _loss_and_metrics(self, inputs: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = (inputs.get("real_rows", None), inputs.get("rho_rows", None))
+        values = self.loss_module._losses(inputs.get("batch"), rows)  # forward() without the output TensorDict
+        return values[0] + values[1] + values[2] + values[3] + values[4], torch.stack([v.detach() for v in values])

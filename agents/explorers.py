@@ -133,7 +133,12 @@ class OptimisticExplorer(TensorDictModuleBase):
         policy_score_key: where ``f(s, a)`` of the actor's own action is written, ``(*B)``. Default
             ``"policy_score"``. ``score - policy_score`` is what the search gained over ``a`` by the critics'
             own estimate (negative when no candidate beats ``a``, which is not itself a candidate).
-        generator: optional ``torch.Generator`` for the candidates' noise (the actor samples with its own RNG).
+        generator: optional ``torch.Generator`` for the candidates' noise (the actor samples with its own RNG);
+            best on the actor's device (one on another device draws there and the noise is moved).
+
+    Devices: the explorer follows its actor and critics: the candidates and the noise are created on the device of
+    the actor's action, and the clip bounds (from the actor's spec, which the learners move with their networks)
+    are moved there if they are elsewhere. Give it tensordicts on the actor's device.
 
     Raises:
         ValueError: for ``num_candidates < 1``, a negative or non-finite ``sigma``, a non-finite ``optimism``,
@@ -211,8 +216,14 @@ class OptimisticExplorer(TensorDictModuleBase):
         action = tensordict.get(self.action_key)
         flat = tensordict.reshape(-1) if len(batch) != 1 else tensordict  # (B,)
         a = action.reshape(-1, action.shape[-1]).detach()  # (B, A)
-        noise = torch.randn((self.num_candidates, *a.shape), generator=self.generator, dtype=a.dtype,
-                            device=a.device)
+        if self.generator is None or self.generator.device == a.device:
+            noise = torch.randn((self.num_candidates, *a.shape), generator=self.generator, dtype=a.dtype,
+                                device=a.device)
+        else:  # a generator on another device than the actor: draw there, move once
+            noise = torch.randn((self.num_candidates, *a.shape), generator=self.generator, dtype=a.dtype,
+                                device=self.generator.device).to(a.device)
+        if self.action_low.device != a.device:  # follow the actor (e.g. moved with .to() after construction)
+            self.action_low, self.action_high = self.action_low.to(a.device), self.action_high.to(a.device)
         candidates = torch.clamp(a + self.sigma * noise, self.action_low, self.action_high)  # (N, B, A)
         scores = self.scores(flat, torch.cat([a.unsqueeze(0), candidates]))  # (N + 1, B): row 0 is a itself
         best, index = scores[1:].max(0)  # (B,)
@@ -258,7 +269,8 @@ def make_explorer(name: str, actor: TensorDictModuleBase, critics=None, *, sigma
     if name == "gaussian":
         low, high = _action_bounds(actor, action_spec, action_key)
         noise = AdditiveGaussianModule(Bounded(low=low, high=high, shape=low.shape), sigma_init=float(sigma),
-                                       sigma_end=float(sigma), annealing_num_steps=1, action_key=action_key)
+                                       sigma_end=float(sigma), annealing_num_steps=1,
+                                       action_key=action_key).to(low.device)  # the actor's spec's device
         return TensorDictSequential(actor, noise)
     if critics is None:
         raise ValueError("the 'o3f' explorer needs critics")
@@ -307,6 +319,8 @@ class SwitchableExplorer(TensorDictModuleBase):
             self.use(active)
         self.in_keys = list(dict.fromkeys(k for e in self.explorers.values() for k in e.in_keys))
         self.out_keys = list(dict.fromkeys(k for e in self.explorers.values() for k in e.out_keys))
+        self._action_key = next((e.action_key for e in self.explorers.values() if isinstance(e, OptimisticExplorer)),
+                                "action")
         self._scalar_keys = list(dict.fromkeys(
             k for e in self.explorers.values() if isinstance(e, OptimisticExplorer)
             for k in (e.score_key, e.policy_score_key)))
@@ -328,9 +342,12 @@ class SwitchableExplorer(TensorDictModuleBase):
         tensordict = explorer(tensordict)
         written = ((explorer.score_key, explorer.policy_score_key) if isinstance(explorer, OptimisticExplorer)
                    and exploration_type() in (ExplorationType.RANDOM, None) else ())
+        device = tensordict.device
         for key in self._scalar_keys:  # overwrite, too: a collector reuses one tensordict from step to step
             if key not in written:
-                tensordict.set(key, torch.full(tensordict.batch_size, float("nan")))
+                if device is None:  # the device of the action the explorer just wrote
+                    device = tensordict.get(self._action_key).device
+                tensordict.set(key, torch.full(tensordict.batch_size, float("nan"), device=device))
         return tensordict
 
     def extra_repr(self) -> str:

@@ -334,7 +334,33 @@ class SAC(_Learner, nn.Module):
             ``-20, 2``). Both ``None``: TorchRL's ``biased_softplus_1.0``, ``σ = softplus(x + 0.5255) + 0.01``
             (``σ(0) = 1``, ``σ ≥ 0.01``, no ceiling), the head cmbrl's own behaviour policies were trained with.
         num_qvalue_nets: number of critics. Default 2 (SAC paper's clipped double Q).
-        seed: if given, the network initialisation is seeded (the global RNG is left untouched).
+        seed: if given, the network initialisation is seeded (the global RNG is left untouched); the same seed
+            gives the same initial weights on every device (they are drawn on the CPU, then moved).
+        device: where every tensor of the learner lives (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a
+            :class:`torch.device`, see :func:`~cmbrl.components.devices.resolve_device`): networks, target critics,
+            ``log α``, action bounds, optimiser states. Default ``"cpu"``. Read back as :attr:`device`.
+        compile: ``False`` (default, eager), ``True`` (``torch.compile``, inductor's default mode), a
+            ``torch.compile`` mode string (``"max-autotune"``, ...) or a dict of ``torch.compile`` keyword
+            arguments (``{"backend": "aot_eager"}`` compiles in seconds, for tests). The whole update (losses,
+            backward, the three Adam steps and the target update) is one compiled function, TorchRL's SOTA
+            pattern; the first update compiles it (inductor: tens of seconds), a new batch size recompiles. Under
+            compile the critics run through autograd instead of the hand-written ``_StackedReluMLP`` backward.
+        cudagraphs: capture the (compiled or eager) update in a CUDA graph after 5 warm-up calls
+            (:class:`tensordict.nn.CudaGraphModule`); CUDA only, the optimisers are built ``capturable``, every
+            batch must have the same size. Default ``False``.
+
+    Attributes:
+        device: the :class:`torch.device` of every parameter, buffer and optimiser state.
+
+    Devices and checkpoints: :meth:`update` takes batches on any device but the fast path is a batch already on
+    :attr:`device`. ``state_dict()`` carries the optimisers; to load a checkpoint saved on another device use
+    ``agent.load_state_dict(torch.load(path, map_location=agent.device))`` (``load_state_dict`` also moves Adam's
+    step counters and resets ``capturable`` to this agent's setting).
+
+    Raises:
+        ValueError: a device this machine lacks (``device="cuda"`` without CUDA names the available ones),
+            ``cudagraphs=True`` off CUDA, a ``compile`` that is not a bool, a mode string or a dict, or bad sizes
+            and bounds.
 
     Batches given to :meth:`update` are TensorDicts of shape ``(B,)`` with TorchRL's keys: ``"observation" (B, O)``,
     ``"action" (B, A)``, ``("next", "observation") (B, O)``, ``("next", "reward") (B, 1)``,
@@ -373,9 +399,13 @@ class SAC(_Learner, nn.Module):
         log_std_max: float | None = 2.0,
         num_qvalue_nets: int = 2,
         seed: int | None = None,
+        device: str | torch.device = "cpu",
+        compile: bool | str | dict = False,
+        cudagraphs: bool = False,
     ) -> None:
         super().__init__()
         check_dims(observation_dim, action_dim)
+        self._init_device(device, compile, cudagraphs)
         if (log_std_min is None) != (log_std_max is None):
             raise ValueError("log_std_min and log_std_max must both be numbers or both be None")
         if max_alpha is not None and not max_alpha > 0:
@@ -395,22 +425,35 @@ class SAC(_Learner, nn.Module):
             )
         self.loss_module.make_value_estimator(gamma=gamma)
         _ = self.loss_module.target_entropy  # registers the lazily-created buffer so state dicts always match
+        self._place()  # onto the device before the target updater and the optimisers read the parameters
         self.target_updater = _ForeachSoftUpdate(self.loss_module, tau=tau)
         self._make_optimizers(actor_lr, critic_lr, alpha_lr)
 
     OPTIMIZERS = ("actor_optim", "critic_optim", "alpha_optim")
+    METRICS = ("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy")
 
-    def update(self, batch: TensorDictBase) -> dict[str, float]:
+    def update(self, batch: TensorDictBase, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
         """One gradient step on actor, critics and temperature, then a soft target update.
 
         Args:
-            batch: transitions, shape ``(B,)`` (see the class docstring for keys).
+            batch: transitions, shape ``(B,)`` (see the class docstring for keys), best already on
+                :attr:`device` (sample the replay buffer there); a batch elsewhere is moved once with
+                ``batch.to(agent.device)``. Under ``cudagraphs`` every batch must have the same size.
+            sync: ``True`` (default): the metrics as Python floats (one device-to-host copy, which waits for the
+                GPU). ``False``: as detached 0-d tensors on :attr:`device`, without that copy (a training loop
+                reads them when it logs). Off the CPU ``torch.distributions``' argument checks are skipped during
+                the update (they read values back on the host); eager TorchRL ``TanhNormal`` still reads its bounds
+                back once per construction, a compiled update (``compile=...``) has no host read at all.
 
         Returns:
-            ``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha`` and ``entropy`` (nats) as floats.
+            ``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha`` and ``entropy`` (nats), floats or 0-d tensors.
+
+        Raises:
+            TypeError: ``batch`` is not a TensorDict.
         """
+        return self._run(batch, sync)
+
+    def _loss_and_metrics(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         loss_actor, loss_qvalue, loss_alpha, alpha, entropy = self.loss_module.terms(batch)
-        self._step(loss_actor + loss_qvalue + loss_alpha)
-        values = torch.stack([loss_actor.detach(), loss_qvalue.detach(), loss_alpha.detach(), alpha,
-                              entropy]).tolist()  # one conversion for five floats
-        return dict(zip(("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"), values))
+        metrics = torch.stack([loss_actor.detach(), loss_qvalue.detach(), loss_alpha.detach(), alpha, entropy])
+        return loss_actor + loss_qvalue + loss_alpha, metrics

@@ -174,7 +174,10 @@ def run_cells(cells: Sequence, out: Path, *, address: str | None = None, num_cpu
             ``runtime_env`` must then put ``benchmarks/`` on the workers' ``PYTHONPATH``.
         num_cpus: CPUs of the local cluster (None: all cores); only without ``address``.
         cpus_per_trial, gpus_per_trial: resources Tune reserves per cell (CPUs > 0, GPUs >= 0; a cell's script
-            runs one torch thread; a reserved GPU shows as ``CUDA_VISIBLE_DEVICES`` in its environment).
+            runs one torch thread; a reserved GPU shows as ``CUDA_VISIBLE_DEVICES`` in its environment, so a cell's
+            ``--device auto`` / ``cuda`` finds it as ``cuda:0``). A GPU share below 1 is Ray's fractional GPU: 0.25
+            packs four cells on one GPU (they share its memory and compute; Ray does not partition them); above 1
+            it must be a whole number of GPUs.
         scheduler: ``"fifo"`` (every cell to its end) or ``"asha"`` (ASHA on ``normalized_score``, max mode,
             ``grace_period`` evaluations before a cell may be stopped). ASHA compares every trial of the run with
             each other, so all cells must be of one algorithm (its variants) and one dataset.
@@ -195,6 +198,9 @@ def run_cells(cells: Sequence, out: Path, *, address: str | None = None, num_cpu
     if not cpus_per_trial > 0 or not gpus_per_trial >= 0 or grace_period < 1:
         raise ValueError(f"cpus_per_trial must be > 0, gpus_per_trial >= 0 and grace_period >= 1; got "
                          f"{cpus_per_trial}, {gpus_per_trial} and {grace_period}")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise ValueError(f"gpus_per_trial above 1 must be a whole number of GPUs (Ray shares a GPU only below 1), got "
+                         f"{gpus_per_trial}")
     if num_cpus is not None and address is not None:
         raise ValueError(f"num_cpus={num_cpus} sizes a local cluster; the cluster at {address!r} has its own")
     groups = sorted({(cell.algo.split("@")[0], cell.dataset) for cell in cells})

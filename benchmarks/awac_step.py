@@ -19,7 +19,10 @@ elapsed time (use it with ``--threads`` > 1, where CPU time adds up the threads)
 medians, printing) is ``_timing.py``, shared with the other step benchmarks.
 
     python benchmarks/awac_step.py [--steps 300] [--rounds 5] [--obs-dim 11] [--act-dim 3] [--batch-size 256]
-                                   [--threads 1] [--clock cpu|wall]
+                                   [--threads 1] [--clock cpu|wall] [--compile 0|1] [--backend inductor|aot_eager]
+
+``--compile 1`` times ``cmbrl.AWAC(compile={"backend": <backend>})`` (loss and optimiser steps through
+``torch.compile``; the first update, which compiles, is printed apart) against the same eager floor.
 
 Prints ms/step for each, then one summary line ``floor=<ms> cmbrl=<ms> ratio=<floor/cmbrl>``.
 """
@@ -148,6 +151,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_args(parser, steps=300, rounds=5, warmup=30)
     parser.add_argument("--no-check", action="store_true", help="skip the equality check against the floor")
+    parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
+                        help="1: time cmbrl.AWAC(compile=...) against the eager floor")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend with --compile 1")
     args = parser.parse_args()
     setup(args.threads)
 
@@ -158,8 +164,9 @@ def main() -> None:
         if diff > 1e-4:
             raise SystemExit("the floor does not compute what cmbrl.AWAC computes")
     floor = FloorAWAC(args.obs_dim, args.act_dim)
-    time_against_floor(floor.update, lambda: AWAC(args.obs_dim, args.act_dim, seed=0), batches, args,
-                       f"hidden={HIDDEN} K={NUM_COMPONENTS}")
+    compile = {"backend": args.backend} if args.compile else False
+    time_against_floor(floor.update, lambda: AWAC(args.obs_dim, args.act_dim, seed=0, compile=compile), batches,
+                       args, f"hidden={HIDDEN} K={NUM_COMPONENTS} compile={compile}")
 
 
 if __name__ == "__main__":

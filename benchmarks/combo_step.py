@@ -19,7 +19,13 @@ printing) is ``_timing.py``, shared with the other step benchmarks.
 
     python benchmarks/combo_step.py [--steps 30] [--rounds 5] [--hidden 256 256] [--batch-size 256]
         [--num-action-samples 10] [--rho model|mixed] [--prior uniform|previous_policy] [--learn-beta]
-        [--obs-dim 11] [--act-dim 3] [--threads 1] [--clock cpu|wall]
+        [--obs-dim 11] [--act-dim 3] [--threads 1] [--clock cpu|wall] [--compile 0|1] [--backend inductor|aot_eager]
+        [--unfused 0|1]
+
+``--unfused 1`` adds a contender: COMBO with its critics through autograd instead of the hand-written
+``_StackedReluMLP`` (what that private fast path saves, ``docs/private_internals.md``). ``--compile 1`` builds both
+learners with ``compile={"backend": <backend>}`` (the first update of each, which
+compiles, runs before timing).
 
 Prints ms/step for each, then one summary line ``sac=<ms> combo=<ms> combo/sac=<ratio> matmuls=<ms>
 bound=<(sac + matmuls) / sac>``.
@@ -27,6 +33,7 @@ bound=<(sac + matmuls) / sac>``.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -73,6 +80,11 @@ def main() -> None:
     parser.add_argument("--rho", choices=("model", "mixed"), default="model")
     parser.add_argument("--prior", choices=("uniform", "previous_policy"), default="uniform")
     parser.add_argument("--learn-beta", action="store_true")
+    parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
+                        help="1: both learners with compile={'backend': --backend}")
+    parser.add_argument("--unfused", type=int, choices=(0, 1), default=0,
+                        help="1: also time COMBO with its critics through autograd (no _StackedReluMLP)")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend with --compile 1")
     args = parser.parse_args()
     setup(args.threads)
 
@@ -81,22 +93,38 @@ def main() -> None:
     for batch in batches:
         batch["is_real"] = (torch.arange(args.batch_size) < num_real).unsqueeze(-1)
     hidden = tuple(args.hidden)
-    sac = SAC(args.obs_dim, args.act_dim, hidden_sizes=hidden, seed=0)
+    compile = {"backend": args.backend} if args.compile else False
+    sac = SAC(args.obs_dim, args.act_dim, hidden_sizes=hidden, seed=0, compile=compile)
     combo = COMBO(args.obs_dim, args.act_dim, hidden_sizes=hidden, num_action_samples=args.num_action_samples,
-                  rho=args.rho, prior=args.prior, learn_beta=args.learn_beta, seed=0)
+                  rho=args.rho, prior=args.prior, learn_beta=args.learn_beta, seed=0, compile=compile)
+    if args.compile:
+        for agent in (sac, combo):
+            start = time.perf_counter()
+            agent.update(batches[0])
+            print(f"{type(agent).__name__}: first (compiling) update {time.perf_counter() - start:.1f} s")
     rho_states = args.batch_size - num_real if args.rho == "model" else args.batch_size
     matmuls = RegulariserMatmuls(3 * args.num_action_samples * rho_states,
                                  [args.obs_dim + args.act_dim, *hidden, 1])
-    contenders = {name: (on_batches(update, batches), args.steps)
-                  for name, update in (("sac", sac.update), ("combo", combo.update), ("matmuls", matmuls.update))}
+    updates = [("sac", sac.update), ("combo", combo.update), ("matmuls", matmuls.update)]
+    if args.unfused:
+        if args.compile:
+            raise SystemExit("--unfused 1 measures the eager fused critic: use it with --compile 0")
+        unfused = COMBO(args.obs_dim, args.act_dim, hidden_sizes=hidden, num_action_samples=args.num_action_samples,
+                        rho=args.rho, prior=args.prior, learn_beta=args.learn_beta, seed=0)
+        unfused.loss_module._fused = False  # the critics through autograd instead of _StackedReluMLP
+        updates.append(("unfused", unfused.update))
+    contenders = {name: (on_batches(update, batches), args.steps) for name, update in updates}
     times, med = interleaved(contenders, args.rounds, CLOCKS[args.clock], warmup=args.warmup)
     print(f"O={args.obs_dim} A={args.act_dim} batch={args.batch_size} real={num_real} hidden={hidden} "
           f"n={args.num_action_samples} rho={args.rho} ({rho_states} states) prior={args.prior} "
           f"learn_beta={args.learn_beta} threads={args.threads} steps={args.steps} rounds={args.rounds} "
-          f"clock={args.clock}")
+          f"clock={args.clock} compile={compile}")
     print_blocks(times, med, width=8)
     print(f"sac={med['sac']:.2f}ms combo={med['combo']:.2f}ms combo/sac={med['combo'] / med['sac']:.2f} "
           f"matmuls={med['matmuls']:.2f}ms bound={(med['sac'] + med['matmuls']) / med['sac']:.2f}")
+    if args.unfused:
+        print(f"unfused={med['unfused']:.2f}ms fused/unfused={med['combo'] / med['unfused']:.3f} "
+              f"(_StackedReluMLP saves {med['unfused'] - med['combo']:.2f} ms/step)")
 
 
 if __name__ == "__main__":

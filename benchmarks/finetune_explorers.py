@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 FIELDS = ("dataset", "seed", "explorer", "kind", "step", "normalized_score", "return")
+"""The columns ``explorers.csv`` must have; it also has ``device`` (where the run trained, ``result.json``'s
+``device``; empty for runs that predate it), optional when read back."""
 
 
 def rows_from_results(out: Path) -> list[dict]:
@@ -40,9 +42,11 @@ def rows_from_results(out: Path) -> list[dict]:
         result = json.loads(path.read_text())
         for explorer, run in result.get("runs", {}).items():
             dataset, seed = run["args"]["dataset"], int(run["args"]["seed"])
+            device = run.get("device") or result.get("device") or ""
             for kind, points in (("evaluation", run["history"]), ("episode", run["episodes"])):
                 rows += [{"dataset": dataset, "seed": seed, "explorer": explorer, "kind": kind, "step": int(p["step"]),
-                          "normalized_score": float(p["normalized_score"]), "return": float(p["return"])}
+                          "normalized_score": float(p["normalized_score"]), "return": float(p["return"]),
+                          "device": device}
                          for p in points]
     return rows
 
@@ -54,7 +58,7 @@ def read_rows(path: Path) -> list[dict]:
     missing = [field for field in FIELDS if rows and field not in rows[0]]
     if missing:
         raise SystemExit(f"--include {path}: columns {missing} missing (expected {list(FIELDS)})")
-    return [{**row, "seed": int(row["seed"]), "step": int(row["step"]),
+    return [{**row, "device": row.get("device") or "", "seed": int(row["seed"]), "step": int(row["step"]),
              "normalized_score": float(row["normalized_score"]), "return": float(row["return"])} for row in rows]
 
 
@@ -103,8 +107,9 @@ def summarise(rows: list[dict], late: int = 5) -> dict[str, dict[str, dict]]:
     return summary
 
 
-def table(summary: dict[str, dict[str, dict]], late: int = 5) -> str:
-    """Markdown: one table per dataset, a row per explorer (``late``: the count behind the late-mean column)."""
+def table(summary: dict[str, dict[str, dict]], late: int = 5, devices=()) -> str:
+    """Markdown: one table per dataset, a row per explorer (``late``: the count behind the late-mean column;
+    ``devices``: where the runs trained, named in the footnote when known)."""
     def fmt(value):
         return "–" if value is None else f"{value:.1f}"
 
@@ -125,6 +130,8 @@ def table(summary: dict[str, dict[str, dict]], late: int = 5) -> str:
                  "over seeds; step 0 is the offline agent. drop: the lowest evaluation after step 0 minus step 0's, "
                  f"mean over seeds (negative: a dip). mean of last {late}: each seed's mean evaluation over "
                  f"the last {late} evaluation steps, mean over seeds. Online episodes: what the explorer collected.")
+    if devices:
+        lines.append(f"Trained on: {', '.join(devices)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -168,14 +175,15 @@ def main(argv=None) -> dict:
     args.save.mkdir(parents=True, exist_ok=True)
     rows.sort(key=lambda r: (r["dataset"], r["seed"], r["explorer"], r["kind"], r["step"]))
     with open(args.save / "explorers.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=(*FIELDS, "device"))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "device": row.get("device", "")} for row in rows)
     summary = summarise(rows, args.late)
-    (args.save / "explorers.md").write_text(table(summary, args.late))
+    devices = sorted({row.get("device") for row in rows} - {"", None})
+    (args.save / "explorers.md").write_text(table(summary, args.late, devices))
     for dataset, explorers in summary.items():
         plot(args.save / f"explorers_{dataset.replace('/', '_')}.png", dataset, explorers)
-    print(table(summary, args.late))
+    print(table(summary, args.late, devices))
     return summary
 
 

@@ -33,6 +33,14 @@ Arguments of a cell, later ones overriding earlier ones:
      ``--key`` / ``--no-key``, ``none`` drops the argument). Repeatable.
 ``--dataset``, ``--seed``, ``--threads 1`` and ``--out`` are always set by the benchmark.
 
+Devices. ``--device auto|cpu|cuda|cuda:N`` (default ``auto``) is every cell's ``--device`` (an example's
+``--set ALGO:device=...`` still overrides it): ``auto``, the examples' own default, picks CUDA in a cell that sees a
+GPU and is not written into the commands; any other value is. Each cell's ``result.json`` records the device it
+ran on (``device``, ``torch``, ``gpu``), copied into ``results.csv``; ``config.json`` keeps ``--device``. With
+``--backend ray``, ``--gpus-per-trial F`` reserves a share of a GPU per cell (Ray's fractional GPUs: 0.25 packs four
+cells on one GPU; Ray sets each trial's ``CUDA_VISIBLE_DEVICES``); a CUDA ``--device`` needs ``--gpus-per-trial``
+> 0 there.
+
 Sweeps. ``--sweep ALGO:KEY=V1,V2,...`` (repeatable; ALGO may be a glob over ``--algos``) runs every combination of
 the swept values as its own row, applied after ``--set``: ``--sweep mopo:penalty_coef=0.5,1 --sweep mopo:horizon=1,5``
 gives the four variants ``mopo@penalty_coef=0.5,horizon=1`` ... (the keys in the order given), each a row of the
@@ -68,6 +76,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +86,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("local", "ray")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""What ``--device`` accepts (checked here without importing torch: a Ray driver may have no GPU its cells have)."""
 REFERENCE_ALGOS = ("bc",)
 """Algorithms shown as reference rows and lines (not learning curves)."""
 DEFAULT_ALGOS = ["bc", "mopo"]
@@ -519,13 +530,14 @@ def write_outputs(out: Path, algos: Sequence[str], datasets: Sequence[str], seed
 
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["algo", "dataset", "seed", "status", "normalized_score", "final_step", "wall_time_s"])
+        writer.writerow(["algo", "dataset", "seed", "status", "normalized_score", "final_step", "wall_time_s",
+                         "device"])
         for (algo, dataset, seed), result in results.items():
             if result is None:
-                writer.writerow([algo, dataset, seed, status.get((algo, dataset, seed), "missing"), "", "", ""])
+                writer.writerow([algo, dataset, seed, status.get((algo, dataset, seed), "missing"), "", "", "", ""])
             else:
                 writer.writerow([algo, dataset, seed, "done", result["normalized_score"], final_step(result) or "",
-                                 result.get("wall_time_s", "")])
+                                 result.get("wall_time_s", ""), result.get("device", "")])
     with open(out / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["algo", "dataset", "seed", "step", "normalized_score"])
@@ -633,6 +645,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "with --table-only: the last run's)")
     parser.add_argument("--num-steps", type=int, help="gradient steps of every algorithm (overrides the budget)")
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (overrides the budget)")
+    parser.add_argument("--device", help="every cell's --device: auto (CUDA in a cell that sees a GPU, else the CPU), "
+                        "cpu, cuda or cuda:N (default auto, with --table-only: the last run's)")
     parser.add_argument("--set", action="append", default=[], metavar="ALGO:[DATASET:]KEY=VALUE",
                         help="an example argument for matching cells (globs allowed), e.g. "
                              "mopo:cmbrl/hopper/medium-v0:penalty_coef=5 or '*:eval_episodes=3'; repeatable")
@@ -658,7 +672,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ray.add_argument("--num-cpus", type=int, help="CPUs of the local cluster started without --address "
                      "(default: all cores)")
     ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per cell (default 1)")
-    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs reserved per cell (default 0)")
+    ray.add_argument("--gpus-per-trial", type=float, default=0.0,
+                     help="GPUs reserved per cell; a fraction below 1 shares a GPU (0.25: four cells on one GPU, "
+                          "Ray's fractional GPUs; default 0)")
     ray.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
                      help="fifo: run every cell to the end; asha: stop cells whose normalised score lags at the "
                           "same number of evaluations (one algorithm and one dataset per run; default fifo)")
@@ -672,6 +688,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                    ("--scheduler", args.scheduler, "fifo")] if value != default]
         if given:
             parser.error(f"{', '.join(given)} only apply to --backend ray (got --backend {args.backend})")
+    if args.device is not None and not DEVICE_PATTERN.fullmatch(args.device.strip().lower()):
+        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    if (args.backend == "ray" and args.device and args.device.strip().lower().startswith("cuda")
+            and not args.gpus_per_trial > 0):
+        parser.error(f"--device {args.device} with --backend ray needs a GPU share per cell: --gpus-per-trial > 0 "
+                     f"(e.g. 0.25 packs four cells on one GPU); got {args.gpus_per_trial}")
     return args
 
 
@@ -690,10 +712,12 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
     budget = args.budget or last.get("budget") or "short"
     num_steps = args.num_steps if args.num_steps is not None else last.get("num_steps")
     eval_every = args.eval_every if args.eval_every is not None else last.get("eval_every")
+    device = (args.device or last.get("device") or "auto").strip().lower()
     set_specs = args.set or last.get("set", [])
     sweep_specs = args.sweep or last.get("sweep", [])
     try:
-        sets = [parse_set(spec) for spec in set_specs]
+        # --device first, so that a --set ALGO:device=... overrides it; auto is the examples' default: not written
+        sets = ([("*", "*", "device", device)] if device != "auto" else []) + [parse_set(spec) for spec in set_specs]
         variants = expand_sweeps(algos, [parse_sweep(spec) for spec in sweep_specs])
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
@@ -736,7 +760,7 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
         todo = selected if args.rerun else [cell for cell in selected if cell not in finished]
         how = f"{args.jobs} at a time" if args.backend == "local" else "as Ray Tune trials"
         print(f"{len(selected)} cells, {len(finished)} finished, {len(todo)} to run "
-              f"({how}); {header.splitlines()[-1]}", flush=True)
+              f"({how}, device {device}); {header.splitlines()[-1]}", flush=True)
         if args.dry_run:
             for cell in todo:
                 print(" ".join(cell.command))
@@ -746,7 +770,8 @@ def main(argv: Sequence[str] | None = None, *, reference: Callable[[str], float 
                 shutil.rmtree(cell.out)
         out.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps({"algos": algos, "datasets": datasets, "seeds": seeds, "budget": budget,
-                                           "num_steps": num_steps, "eval_every": eval_every, "set": set_specs,
+                                           "num_steps": num_steps, "eval_every": eval_every, "device": device,
+                                           "set": set_specs,
                                            "sweep": sweep_specs},
                                           indent=1))
         if not args.no_prepare:

@@ -11,27 +11,49 @@ SACLoss), three Adams with the same settings as ``cmbrl.SAC`` (``foreach`` imple
 soft update, and the five metrics read back with one ``tolist()``. Given cmbrl's weights and the same RNG state,
 it returns the same losses as ``cmbrl.SAC.update`` step after step (checked to 1e-6).
 
-Timing blocks of ``--steps`` steps alternate between the two ``--rounds`` times (after a warm-up), so that the
+``--compile 1`` times ``cmbrl.SAC(compile=True)`` (the whole update through ``torch.compile``, inductor's default
+mode; ``--backend aot_eager`` for a quick check) against the same eager floor; its first update, which compiles, is
+printed apart. ``--variants 1`` (eager only) also times ``cmbrl.SAC`` with each of its private TorchRL/tensordict
+fast paths switched off, one at a time, in the same interleaved blocks (``docs/private_internals.md``):
+
+* ``no-fused-critic``: the stacked critics through autograd (``_stacked_qvalues``) instead of the hand-written
+  ``_StackedReluMLP`` backward (``loss_module._fused = False``);
+* ``no-foreach-soft``: TorchRL's own ``SoftUpdate.step`` instead of ``_ForeachSoftUpdate`` (which reads
+  ``SoftUpdate``'s private ``_targets``/``_sources``);
+* ``_DirectWriteMixin`` is not on the update's path (the loss runs the actor's network on tensors): it is timed on
+  what uses it, ``agent.policy(td)`` on a ``(B,)`` and a ``(1,)`` tensordict (a model rollout's and an env step's
+  policy call), with and without the mixin's ``_write_to_tensordict``, in a second set of interleaved blocks.
+
+Timing blocks of ``--steps`` steps alternate between the contenders ``--rounds`` times (after a warm-up), so that the
 noise of a shared machine hits both; the medians per step are compared. The default clock is the process's CPU
 time (``time.process_time``), which time slices lost to other processes on a shared machine do not inflate;
 ``--clock wall`` measures elapsed time (use it with ``--threads`` > 1, where CPU time adds up the threads). The
 harness (batches, blocks, medians, printing) is ``_timing.py``, shared with the other step benchmarks.
 
     python benchmarks/sac_step.py [--steps 200] [--rounds 5] [--obs-dim 11] [--act-dim 3] [--batch-size 256]
-                                  [--threads 1] [--clock cpu|wall]
+                                  [--threads 1] [--clock cpu|wall] [--compile 0|1] [--backend inductor|aot_eager]
+                                  [--mode MODE] [--hidden 256 256] [--variants 0|1]
 
-Prints ms/step for each, then one summary line ``floor=<ms> cmbrl=<ms> ratio=<floor/cmbrl>`` (target >= 0.9).
+Prints ms/step for each, then one summary line ``floor=<ms> cmbrl=<ms> ratio=<floor/cmbrl>`` (target >= 0.9 eager,
+>= 1.0 compiled); with ``--variants 1`` one line per variant ``<variant>=<ms> ratio_to_cmbrl=<cmbrl/variant>`` (below 1:
+the private fast path pays) and the policy-call lines.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import time
+import types
 
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
-from _timing import add_timing_args, linear_params, make_batches, setup, time_against_floor
+from _timing import (CLOCKS, add_timing_args, interleaved, linear_params, make_batches, on_batches, print_blocks,
+                     setup, time_against_floor)
+from tensordict.nn import TensorDictModule
+from torchrl.objectives import SoftUpdate
+
 from cmbrl import SAC
 
 HIDDEN = (256, 256)
@@ -42,10 +64,10 @@ GAMMA, TAU, LR = 0.99, 0.005, 3e-4
 class FloorSAC:
     """The textbook SAC step in plain torch with the computation of TorchRL's SACLoss v2 (see module docstring)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, num_q: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, num_q: int = 2, hidden=HIDDEN):
         self.act_dim, self.num_q = act_dim, num_q
-        self.actor = linear_params((obs_dim, *HIDDEN, 2 * act_dim), in_out=True)
-        self.critic = linear_params((obs_dim + act_dim, *HIDDEN, 1), stack=num_q, in_out=True)
+        self.actor = linear_params((obs_dim, *hidden, 2 * act_dim), in_out=True)
+        self.critic = linear_params((obs_dim + act_dim, *hidden, 1), stack=num_q, in_out=True)
         self.target = [p.detach().clone() for p in self.critic]
         self.log_alpha = torch.zeros((), requires_grad=True)
         self.max_log_alpha = 0.0  # α ≤ 1
@@ -101,16 +123,86 @@ class FloorSAC:
         return dict(zip(("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"), values))
 
 
+def variant(name: str, obs_dim: int, act_dim: int, hidden=HIDDEN) -> SAC:
+    """``cmbrl.SAC`` (seed 0) with one private fast path switched off (see the module docstring)."""
+    agent = SAC(obs_dim, act_dim, hidden_sizes=hidden, seed=0)
+    if name == "no-fused-critic":
+        agent.loss_module._fused = False
+    elif name == "no-foreach-soft":
+        agent.target_updater = SoftUpdate(agent.loss_module, tau=TAU)
+    elif name != "cmbrl":
+        raise ValueError(f"unknown variant {name!r}")
+    return agent
+
+
+def without_direct_write(policy) -> None:
+    """Every ``_DirectWriteMixin`` module of ``policy`` back on tensordict's own ``_write_to_tensordict``."""
+    for module in policy.modules():
+        if isinstance(module, TensorDictModule) and type(module).__name__.startswith("_"):
+            module._write_to_tensordict = types.MethodType(TensorDictModule._write_to_tensordict, module)
+
+
+def time_variants(batches, args) -> None:
+    """cmbrl.SAC against its variants without each private fast path, and the policy call with and without
+    ``_DirectWriteMixin``; interleaved blocks, medians, ratios within this run."""
+    names = ("cmbrl", "no-fused-critic", "no-foreach-soft")
+    agents = {name: variant(name, args.obs_dim, args.act_dim, tuple(args.hidden)) for name in names}
+    contenders = {name: (on_batches(agent.update, batches), args.steps) for name, agent in agents.items()}
+    times, med = interleaved(contenders, args.rounds, CLOCKS[args.clock], warmup=args.warmup)
+    print(f"variants (eager, one private fast path off each; {args.steps} steps x {args.rounds} rounds):")
+    print_blocks(times, med, width=16)
+    for name in names[1:]:
+        print(f"{name}={med[name]:.2f}ms ratio_to_cmbrl={med['cmbrl'] / med[name]:.3f} "
+              f"(saves {med[name] - med['cmbrl']:.2f} ms/step)")
+
+    plain = SAC(args.obs_dim, args.act_dim, hidden_sizes=tuple(args.hidden), seed=0)
+    without_direct_write(plain.policy)
+    fast = agents["cmbrl"]
+    calls = max(args.steps * 5, 500)
+    contenders = {}
+    for rows in (args.batch_size, 1):
+        tds = [b[:rows].select("observation").clone() for b in batches[:8]]
+        contenders[f"policy B={rows}"] = (on_batches(fast.policy, tds), calls)
+        contenders[f"policy B={rows} plain"] = (on_batches(plain.policy, tds), calls)
+    times, med = interleaved(contenders, args.rounds, CLOCKS[args.clock], warmup=args.warmup)
+    print(f"policy calls with / without _DirectWriteMixin ({calls} calls x {args.rounds} rounds, ms per call):")
+    print_blocks(times, med, width=22)
+    for rows in (args.batch_size, 1):
+        a, b = med[f"policy B={rows}"], med[f"policy B={rows} plain"]
+        print(f"direct_write B={rows}: {a * 1e3:.0f}us vs plain {b * 1e3:.0f}us ratio={a / b:.3f} "
+              f"(saves {(b - a) * 1e3:.0f} us/call)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_args(parser, steps=200, rounds=5, warmup=50)
+    parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
+                        help="1: time cmbrl.SAC(compile=...) against the eager floor")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend with --compile 1")
+    parser.add_argument("--mode", default=None,
+                        help="torch.compile mode with --compile 1 (e.g. max-autotune-no-cudagraphs)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN), help="hidden widths (both)")
+    parser.add_argument("--variants", type=int, choices=(0, 1), default=0,
+                        help="1: also time cmbrl.SAC without each private fast path (eager)")
     args = parser.parse_args()
     setup(args.threads)
 
     batches = make_batches(64, args.batch_size, args.obs_dim, args.act_dim)
-    floor = FloorSAC(args.obs_dim, args.act_dim)
-    time_against_floor(floor.update, lambda: SAC(args.obs_dim, args.act_dim, seed=0), batches, args,
-                       f"hidden={HIDDEN}")
+    hidden = tuple(args.hidden)
+    floor = FloorSAC(args.obs_dim, args.act_dim, hidden=hidden)
+    compile = False
+    if args.compile:
+        compile = {"backend": args.backend} if args.mode is None else {"backend": args.backend, "mode": args.mode}
+    if args.compile:
+        print(f"torch {torch.__version__}, cmbrl.SAC(compile={compile}) against the eager floor")
+    start = time.perf_counter()
+    time_against_floor(floor.update, lambda: SAC(args.obs_dim, args.act_dim, hidden_sizes=hidden, seed=0,
+                                                 compile=compile), batches, args, f"hidden={hidden} compile={compile}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if args.variants:
+        if args.compile:
+            raise SystemExit("--variants 1 measures the eager fast paths: use it with --compile 0")
+        time_variants(batches, args)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,9 @@ def calibration_data(
         truth: the output of :func:`simulate_transitions` for these rows, if already computed.
         seed: seeds the per-row member draw.
 
+    Devices: the ensemble may live on any device (its forward pass runs there, on a copy of the inputs); the inputs
+    may come on any device; the truth (MuJoCo) and the returned TensorDict are on the CPU.
+
     Returns:
         TensorDict of batch size ``(B,)``: ``"observation"``, ``"action"``, the truth's ``"next"`` entries,
         ``"valid" (B,)`` (the truth is valid and the prediction finite), ``"member" (B,)`` long (index into all
@@ -194,8 +197,8 @@ def calibration_data(
     if penalty_members not in ("all", "elites"):
         raise ValueError(f"penalty_members must be 'all' or 'elites', got {penalty_members!r}")
     fns = _resolve_penalties(penalties)
-    observation = torch.as_tensor(observation, dtype=torch.float32)
-    action = torch.as_tensor(action, dtype=torch.float32).clamp(-1.0, 1.0)
+    observation = torch.as_tensor(observation, dtype=torch.float32).cpu()
+    action = torch.as_tensor(action, dtype=torch.float32).cpu().clamp(-1.0, 1.0)
     if (observation.ndim != 2 or observation.shape[1] != ensemble.observation_dim
             or action.shape != (observation.shape[0], ensemble.action_dim)):
         raise ValueError(f"the ensemble needs observation (B, {ensemble.observation_dim}) and action "
@@ -209,7 +212,9 @@ def calibration_data(
     member = elites[position]
     was_training = ensemble.training
     ensemble.eval()
-    mean, std = ensemble(observation, action, members=penalty_members, chunk_size=4096)
+    device = ensemble.input_mean.device  # the ensemble may live on a GPU; the truth and the metrics stay on the CPU
+    mean, std = ensemble(observation.to(device), action.to(device), members=penalty_members, chunk_size=4096)
+    mean, std = mean.cpu(), std.cpu()
     ensemble.train(was_training)
     member_in_use = member if penalty_members == "all" else position
     rows = torch.arange(num)
@@ -261,10 +266,12 @@ def morel_halt_threshold(ensemble: DynamicsEnsemble, observation: torch.Tensor, 
         raise ValueError(f"pessimism_coef must be > 0, got {pessimism_coef!r}")
     was_training = ensemble.training
     ensemble.eval()
-    mean, std = ensemble(torch.as_tensor(observation, dtype=torch.float32),
-                         torch.as_tensor(action, dtype=torch.float32), members=members, chunk_size=4096)
+    device = ensemble.input_mean.device  # inputs (any device) go to the ensemble's
+    mean, std = ensemble(torch.as_tensor(observation, dtype=torch.float32).to(device),
+                         torch.as_tensor(action, dtype=torch.float32).to(device), members=members, chunk_size=4096)
     ensemble.train(was_training)
-    return max_pairwise_diff(mean, std, torch.zeros(mean.shape[1], dtype=torch.long)).max().item() / pessimism_coef
+    member = torch.zeros(mean.shape[1], dtype=torch.long, device=mean.device)
+    return max_pairwise_diff(mean, std, member).max().item() / pessimism_coef
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ Chua et al., PETS, arXiv:1805.12114 (soft-bounded log-variance).
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from .checkpoints import save_atomic
+from .devices import check_same_device, resolve_device
 
 __all__ = ["DynamicsEnsemble", "EnsembleLinear"]
 
@@ -67,7 +67,13 @@ class DynamicsEnsemble(nn.Module):
         hidden_sizes: hidden widths, SiLU activations. Default four layers of 200 (MOPO / MBPO).
         weight_decay: L2 coefficient per linear layer (len(hidden_sizes) + 1 values). Default MOPO's
             ``(2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)``.
-        seed: seeds the weight initialisation (the global RNG is untouched).
+        seed: seeds the weight initialisation (the global RNG is untouched). The weights are drawn on the CPU and
+            then moved, so a seed gives the same initial weights on every device.
+        device: where the parameters live: ``"cpu"`` (None, the default), ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a
+            :class:`torch.device`, resolved by :func:`cmbrl.components.devices.resolve_device` (``ValueError``
+            naming the device when CUDA is asked for and missing). :attr:`device` follows later ``.to()`` calls.
+            Inputs of :meth:`forward` / :meth:`forward_member` must be on this device (``ValueError`` naming both
+            devices otherwise); :meth:`fit` moves its data here once.
 
     Reference: MBPO arXiv:1906.08253 (appendix), MOPO arXiv:2005.13239 (section 4.3), PETS arXiv:1805.12114.
     """
@@ -82,8 +88,10 @@ class DynamicsEnsemble(nn.Module):
         hidden_sizes: Sequence[int] = (200, 200, 200, 200),
         weight_decay: Sequence[float] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4),
         seed: int | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         super().__init__()
+        device = resolve_device("cpu" if device is None else device)
         if not 0 < num_elites <= num_members:
             raise ValueError(f"need 0 < num_elites <= num_members, got num_elites={num_elites}, "
                              f"num_members={num_members}")
@@ -109,35 +117,55 @@ class DynamicsEnsemble(nn.Module):
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
         self.register_buffer("elite_indices", torch.arange(num_elites))
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters (kept right by ``.to()``)."""
+        return self.output.weight.device
 
     # ------------------------------------------------------------------ forward
     def _weights(self, members: torch.Tensor | slice | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(weight, bias)`` of every layer for the given members. A slice gives views (no copy); an index tensor
-        gathers copies, which under ``torch.no_grad`` are cached until the parameters change, so rollouts do not copy
-        the weights at every step."""
+        gathers copies, which under ``torch.no_grad`` are cached until the parameters or the index change, so
+        rollouts do not copy the weights at every step. The cache is keyed on the index tensor's identity and
+        version (no device sync: the elites' buffer hits without reading its values), or for another CPU tensor on
+        its values."""
         layers = [*self.layers, self.output]
         if members is None:
             return [(layer.weight, layer.bias) for layer in layers]
         if isinstance(members, slice) or torch.is_grad_enabled():
             return [(layer.weight[members], layer.bias[members]) for layer in layers]
-        key = (tuple(members.tolist()), tuple(p._version for layer in layers for p in (layer.weight, layer.bias)),
-               tuple(p.data_ptr() for layer in layers for p in (layer.weight, layer.bias)))
+        params = tuple((p._version, p.data_ptr()) for layer in layers for p in (layer.weight, layer.bias))
         cache = self.__dict__.get("_weight_cache")
-        if cache is None or cache[0] != key:
-            cache = (key, [(layer.weight[members].contiguous(), layer.bias[members].contiguous())
-                           for layer in layers])
-            self.__dict__["_weight_cache"] = cache
-        return cache[1]
+        if cache is not None:
+            cached_members, cached_version, cached_params, weights = cache
+            same_members = (cached_members is members and cached_version == members._version) or (
+                members.device.type == "cpu" and cached_members.device == members.device
+                and cached_members.shape == members.shape and torch.equal(cached_members, members))
+            if same_members and cached_params == params:
+                return weights
+        weights = [(layer.weight[members].contiguous(), layer.bias[members].contiguous()) for layer in layers]
+        self.__dict__["_weight_cache"] = (members, members._version, params, weights)
+        return weights
 
-    def _raw(self, x: torch.Tensor, members: torch.Tensor | slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised inputs ``(E', B, in)`` -> target mean and log-variance ``(E', B, O + 1)``."""
-        *hidden, (weight, bias) = self._weights(members)
+    @staticmethod
+    def _mlp(x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, torch.Tensor]], max_logvar: torch.Tensor,
+             min_logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pure tensor function (no Python control flow on values; ``torch.compile`` friendly): normalised inputs
+        ``(E', B, in)`` and per-layer ``(weight (E', in, out), bias (E', 1, out))`` -> target mean and soft-bounded
+        log-variance, each ``(E', B, O + 1)``."""
+        *hidden, (weight, bias) = weights
         for w, b in hidden:
             x = F.silu(torch.baddbmm(b, x, w))
         mean, logvar = torch.baddbmm(bias, x, weight).chunk(2, dim=-1)
-        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        logvar = max_logvar - F.softplus(max_logvar - logvar)
+        logvar = min_logvar + F.softplus(logvar - min_logvar)
         return mean, logvar
+
+    def _raw(self, x: torch.Tensor, members: torch.Tensor | slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised inputs ``(E', B, in)`` -> target mean and log-variance ``(E', B, O + 1)``."""
+        return self._mlp(x, self._weights(members), self.max_logvar, self.min_logvar)
 
     def _normalise(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         if observation.shape[-1] != self.observation_dim or action.shape[-1] != self.action_dim:
@@ -146,6 +174,10 @@ class DynamicsEnsemble(nn.Module):
         if observation.shape[:-1] != action.shape[:-1]:
             raise ValueError(f"observation and action batch shapes differ: {tuple(observation.shape)} vs "
                              f"{tuple(action.shape)}")
+        device = self.input_mean.device
+        if observation.device != device or action.device != device:
+            check_same_device("observation", observation, device, "the ensemble")
+            check_same_device("action", action, device, "the ensemble")
         return (torch.cat([observation, action], dim=-1) - self.input_mean) / self.input_std
 
     def forward(
@@ -168,8 +200,11 @@ class DynamicsEnsemble(nn.Module):
             ``mean`` and ``std``, each ``(E', B, O + 1)``: next observation in the first ``O`` columns, reward (per
             step) last.
 
+            All on the ensemble's :attr:`device`.
+
         Raises:
-            ValueError: wrong feature sizes or mismatched batch shapes.
+            ValueError: wrong feature sizes, mismatched batch shapes, or inputs on another device than the ensemble
+                (naming both devices).
         """
         index = self._member_index(members)
         x = self._normalise(observation, action)
@@ -186,17 +221,24 @@ class DynamicsEnsemble(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian of one given member per row, computing only that member's forward pass.
 
-        Rows are grouped by member, so the cost is one member's forward pass per row instead of ``E``.
+        Rows are grouped by member, so the cost is one member's forward pass per row instead of ``E``. The grouping
+        reads the per-member row counts on the host (``bincount(...).tolist()``: one device sync on CUDA, and not
+        traceable by ``torch.compile``); on a GPU, computing the elites for every row and gathering the chosen
+        member's output (what :class:`~cmbrl.envs.ModelEnv` does off the CPU and when compiled) is faster.
 
         Args:
-            observation: ``(B, O)``.
-            action: ``(B, A)``.
-            member: ``(B,)`` long, member index (into all ``E`` members) for each row.
+            observation: ``(B, O)``, on the ensemble's device.
+            action: ``(B, A)``, on the ensemble's device.
+            member: ``(B,)`` long, member index (into all ``E`` members) for each row (any device).
 
         Returns:
-            ``mean``, ``std``: ``(B, O + 1)`` (next observation, reward last).
+            ``mean``, ``std``: ``(B, O + 1)`` (next observation, reward last), on the ensemble's device.
+
+        Raises:
+            ValueError: wrong shapes, or inputs on another device than the ensemble.
         """
         x = self._normalise(observation, action)
+        member = member.to(x.device)
         mean = x.new_empty(x.shape[0], self.observation_dim + 1)
         logvar = torch.empty_like(mean)
         order = torch.argsort(member)
@@ -252,8 +294,13 @@ class DynamicsEnsemble(nn.Module):
             patience: epochs without improvement before stopping. Default 5.
             improvement_threshold: relative held-out improvement that counts. Default 0.01.
             logvar_bound_coef: weight of the log-variance bound term. Default 0.01.
-            seed: seeds the split, bootstraps and minibatch order.
+            seed: seeds the split, bootstraps and minibatch order. These indices are drawn from a CPU generator and
+                moved to the ensemble's device (bootstraps once, the minibatch order once per epoch), so the same
+                data, seed and device give an identical fit, and the same batches on every device.
             progress: show a tqdm bar over epochs.
+
+        Training runs on the ensemble's :attr:`device`; ``transitions`` (any device, typically the CPU where
+        datasets load) are moved there once, before the first epoch. The returned lists are Python floats/ints.
 
         Returns:
             ``holdout_mse`` (per epoch, mean over members, target units²), ``holdout_mse_initial`` and
@@ -267,11 +314,14 @@ class DynamicsEnsemble(nn.Module):
                                        or max_epochs < 1):
             raise ValueError(f"max_epochs must be a positive int or None (no cap), got {max_epochs!r}")
         observation, action, next_observation, reward = self._check_transitions(transitions)
+        device = self.device
+        observation, action, next_observation, reward = (t.to(device) for t in (observation, action,
+                                                                                 next_observation, reward))
         n = observation.shape[0]
         generator = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=generator)
         num_holdout = max(1, min(int(holdout_ratio * n), max_holdout))
-        hold, train = perm[:num_holdout], perm[num_holdout:]
+        hold, train = perm[:num_holdout].to(device), perm[num_holdout:].to(device)
         inputs = torch.cat([observation, action], -1)
         targets = torch.cat([next_observation - observation, reward], -1)
         mean = inputs[train].mean(0)
@@ -281,7 +331,7 @@ class DynamicsEnsemble(nn.Module):
         x_train, y_train = (inputs[train] - self.input_mean) / self.input_std, targets[train]
         x_hold, y_hold = (inputs[hold] - self.input_mean) / self.input_std, targets[hold]
         num_train = x_train.shape[0]
-        boot = torch.randint(num_train, (self.num_members, num_train), generator=generator)
+        boot = torch.randint(num_train, (self.num_members, num_train), generator=generator).to(device)
 
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         decays = [(layer.weight, layer.weight_decay) for layer in [*self.layers, self.output]]
@@ -300,7 +350,7 @@ class DynamicsEnsemble(nn.Module):
 
         bar = tqdm.tqdm(desc="fit dynamics ensemble", unit="epoch", disable=not progress)
         while max_epochs is None or epoch < max_epochs:
-            order = boot[:, torch.randperm(num_train, generator=generator)]
+            order = boot[:, torch.randperm(num_train, generator=generator).to(device)]
             losses = []
             for start in range(0, num_train, batch_size):
                 idx = order[:, start:start + batch_size]
@@ -359,7 +409,7 @@ class DynamicsEnsemble(nn.Module):
             raise ValueError(f"need at least 2 transitions, got {observation.shape[0]}")
         for name, t in (("observation", observation), ("action", action), ("next observation", next_observation),
                         ("reward", reward)):
-            if not torch.isfinite(t).all():
+            if not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).any(-1).sum())
                 raise ValueError(f"{name} has non-finite values in {bad} transitions")
         return observation, action, next_observation, reward
@@ -370,16 +420,30 @@ class DynamicsEnsemble(nn.Module):
         save_atomic({"config": self.config, "state_dict": self.state_dict()}, path)
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "DynamicsEnsemble":
-        """Rebuilds an ensemble saved by :meth:`save`.
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu",
+             device: str | torch.device | None = None) -> "DynamicsEnsemble":
+        """Rebuilds an ensemble saved by :meth:`save` (on any device: a CUDA-saved file loads on a CPU-only machine).
+
+        Args:
+            path: the file :meth:`save` wrote.
+            map_location: where ``torch.load`` puts the saved tensors; default ``"cpu"``, so files saved from a GPU
+                load anywhere. Any ``torch.load`` ``map_location`` (a string, device, dict or callable).
+            device: the returned ensemble's device; None (default): ``map_location`` when it names a device, else the
+                CPU. Resolved by :func:`~cmbrl.components.devices.resolve_device`.
 
         Raises:
             FileNotFoundError: no file at ``path``.
+            ValueError: ``device`` (or ``map_location``) names a CUDA device this machine lacks.
         """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no saved ensemble at {path}")
+        if device is None:
+            device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+        device = resolve_device(device)
+        if isinstance(map_location, (str, torch.device)):
+            map_location = resolve_device(map_location)
         saved = torch.load(path, map_location=map_location, weights_only=True)
-        ensemble = cls(**saved["config"])
+        ensemble = cls(**saved["config"], device=device)
         ensemble.load_state_dict(saved["state_dict"])
         return ensemble

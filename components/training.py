@@ -45,11 +45,12 @@ DEFAULT_COMBO_HYPERPARAMETERS = (5, 5.0)
 (``--rollout-length 5``, ``--cql-weight 5.0``); the COMBO paper's own table is not available here (unverified)."""
 
 __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "resolve_model_settings",
-           "parse_dataclass_args", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
-           "file_lock",
-           "fit_or_load_ensemble", "plot_learning_curve",
-           "COMBO_HYPERPARAMETERS", "combo_hyperparameters", "train_in_model", "default_max_transitions",
-           "negative_reward_warning", "rollout_stats"]
+           "parse_dataclass_args", "resolve_run_device", "compile_setting", "learner_kwargs", "device_record",
+           "make_eval_env", "load_checkpoint", "rng_state", "restore_rng_state", "accumulate_metrics",
+           "mean_metrics", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
+           "file_lock", "fit_or_load_ensemble", "plot_learning_curve", "COMBO_HYPERPARAMETERS",
+           "combo_hyperparameters", "train_in_model", "default_max_transitions", "negative_reward_warning",
+           "rollout_stats"]
 
 
 def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
@@ -115,6 +116,112 @@ def parse_dataclass_args(cls, argv: Sequence[str] | None = None, description: st
     return cls(**vars(parser.parse_args(argv)))
 
 
+def resolve_run_device(args) -> torch.device:
+    """The :class:`torch.device` of an example's ``--device`` (``args.device``), with its ``--compile`` /
+    ``--cudagraphs`` (``args.compile``, ``args.cudagraphs``; absent fields count as off) checked against it.
+
+    Call it first, before the data or any fit, so that a bad value fails at once.
+
+    Raises:
+        SystemExit: naming the flag, the value received and what is allowed (``--device cuda`` on a machine without
+            CUDA, ``--cudagraphs 1`` off CUDA, a ``--compile`` or ``--cudagraphs`` other than 0 or 1).
+    """
+    from .devices import check_compile_options, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # names the value, what is allowed or what this machine has
+        raise SystemExit(f"--device {args.device!r}: {error}") from None
+    for flag in ("compile", "cudagraphs"):
+        if getattr(args, flag, 0) not in (0, 1):
+            raise SystemExit(f"--{flag} must be 0 or 1, got {getattr(args, flag)!r}")
+    try:
+        check_compile_options(device, bool(getattr(args, "compile", 0)), bool(getattr(args, "cudagraphs", 0)))
+    except ValueError:
+        raise SystemExit(f"--cudagraphs 1 needs a CUDA device (CUDA graphs are a CUDA feature), but --device "
+                         f"{args.device} is {device}: use --cudagraphs 0 there, or --device cuda") from None
+    return device
+
+
+def compile_setting(args) -> bool | dict:
+    """The learners' ``compile`` argument for an example's ``--compile`` and ``--compile-backend``: ``False``,
+    ``True`` (``torch.compile``'s default, inductor) or ``{"backend": name}`` for another ``torch.compile`` backend
+    (``aot_eager``: no code generation, seconds instead of a minute per compile; the tests use it)."""
+    if not getattr(args, "compile", 0):
+        return False
+    backend = getattr(args, "compile_backend", "inductor") or "inductor"
+    return True if backend == "inductor" else {"backend": backend}
+
+
+def learner_kwargs(args, device: torch.device) -> dict:
+    """A learner's ``device``, ``compile`` (:func:`compile_setting`) and ``cudagraphs`` arguments from an example's
+    ``--device`` (resolved: ``device``), ``--compile``, ``--compile-backend`` and ``--cudagraphs``."""
+    return {"device": device, "compile": compile_setting(args), "cudagraphs": bool(getattr(args, "cudagraphs", 0))}
+
+
+def device_record(device: torch.device | str) -> dict:
+    """What a ``result.json`` records about where it ran: ``device`` (e.g. ``"cuda:0"``), ``torch`` (version),
+    ``cuda`` (torch's CUDA version or ``None``) and, on CUDA, ``gpu`` (the device's name)."""
+    device = torch.device(device)
+    record = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def make_eval_env(env_id: str, device: torch.device | str = "cpu", seed: int | None = None):
+    """The real environment for evaluations: a CPU MuJoCo ``GymEnv`` whose tensors TorchRL puts on ``device``
+    (``GymEnv(..., device=device)``: observations arrive there, the policy's actions are read back from there), with
+    ``DoubleToFloat`` (MuJoCo observations are float64). Seeded with ``seed`` when given."""
+    from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
+
+    env = TransformedEnv(GymEnv(env_id, device=torch.device(device)), DoubleToFloat())
+    if seed is not None:
+        env.set_seed(seed)
+    return env
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """``torch.load`` of an example's checkpoint with its tensors mapped to ``device`` (``map_location``), so a
+    checkpoint written on CUDA resumes on the CPU and the other way round."""
+    return torch.load(path, weights_only=False, map_location=torch.device(device))
+
+
+def rng_state(device: torch.device | str = "cpu") -> dict:
+    """The torch RNG states a checkpoint keeps: ``{"rng": CPU state, "cuda_rng": the CUDA device's state}`` (the
+    latter only on CUDA); restore with :func:`restore_rng_state`."""
+    device = torch.device(device)
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(checkpoint: dict, device: torch.device | str = "cpu") -> None:
+    """Restores what :func:`rng_state` saved in ``checkpoint``: the CPU generator always, the CUDA one when running
+    on CUDA and the checkpoint has it (a CPU checkpoint resumed on CUDA, or the reverse, keeps the CPU state only).
+    The states may have been mapped to any device by :func:`load_checkpoint`: they go back to the CPU first."""
+    device = torch.device(device)
+    if "rng" in checkpoint:
+        torch.set_rng_state(checkpoint["rng"].cpu())
+    if device.type == "cuda" and checkpoint.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), device)
+
+
+def accumulate_metrics(sums: dict, metrics: dict) -> dict:
+    """Adds one update's metrics (floats, or the detached tensors of ``update(..., sync=False)``) to ``sums`` in
+    place, without a host sync; every sum is a new tensor, so an update's reused output buffers (a CUDA graph's
+    static outputs) are never aliased. Returns ``sums``; :func:`mean_metrics` reads them once."""
+    for key, value in metrics.items():
+        sums[key] = sums.get(key, 0.0) + value
+    return sums
+
+
+def mean_metrics(sums: dict, count: int) -> dict[str, float]:
+    """``{key: sums[key] / count}`` as floats (one host sync per key), for :func:`accumulate_metrics`' sums."""
+    return {key: float(value) / count for key, value in sums.items()}
+
+
 def discounted_returns_to_go(data: TensorDictBase, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte Carlo return ``Σ_k γ^k r_{t+k}`` to the end of each transition's episode, and whether it is exact.
 
@@ -130,9 +237,9 @@ def discounted_returns_to_go(data: TensorDictBase, gamma: float) -> tuple[torch.
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    reward = data["next", "reward"].reshape(-1).double().numpy()
-    done = data["next", "done"].reshape(-1).numpy()
-    terminated = data["next", "terminated"].reshape(-1).numpy()
+    reward = data["next", "reward"].reshape(-1).double().cpu().numpy()  # one copy of the data's columns, any device
+    done = data["next", "done"].reshape(-1).cpu().numpy()
+    terminated = data["next", "terminated"].reshape(-1).cpu().numpy()
     returns, exact = np.empty_like(reward), np.empty(reward.shape, dtype=bool)
     running, steps_left, ends_terminated = 0.0, 0, True
     for t in range(len(reward) - 1, -1, -1):
@@ -141,7 +248,9 @@ def discounted_returns_to_go(data: TensorDictBase, gamma: float) -> tuple[torch.
         running = reward[t] + gamma * running
         steps_left += 1
         returns[t], exact[t] = running, ends_terminated or steps_left >= 300
-    return torch.as_tensor(returns, dtype=torch.float32), torch.as_tensor(exact)
+    device = data["next", "reward"].device
+    return (torch.as_tensor(returns, dtype=torch.float32, device=device),
+            torch.as_tensor(exact, device=device))
 
 
 def make_q_probe(data: TensorDictBase, gamma: float = 0.99, size: int = 2000, seed: int = 0) -> TensorDict:
@@ -151,10 +260,11 @@ def make_q_probe(data: TensorDictBase, gamma: float = 0.99, size: int = 2000, se
     ``"action"`` and ``"mc_return"``. The same ``seed`` gives the same probe, so runs compare row by row.
     """
     mc_return, exact = discounted_returns_to_go(data, gamma)
-    candidates = torch.nonzero(exact).reshape(-1)
+    candidates = torch.nonzero(exact.cpu()).reshape(-1)
     if candidates.numel() == 0:
         raise ValueError("no transition of the data has an exact Monte Carlo return (episodes too short?)")
     rows = candidates[torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))[:size]]
+    rows = rows.to(data.device) if data.device is not None else rows  # the same rows on every device
     return TensorDict({"observation": data["observation"][rows], "action": data["action"][rows],
                        "mc_return": mc_return[rows]}, batch_size=rows.shape)
 
@@ -196,8 +306,13 @@ def file_lock(path: Path):
 
 
 def fit_or_load_ensemble(folder: str | Path, dataset_id: str, data: TensorDictBase, *, seed: int,
-                         max_epochs: int | None, progress: bool = True) -> tuple[DynamicsEnsemble, dict]:
+                         max_epochs: int | None, progress: bool = True,
+                         device: torch.device | str | None = None) -> tuple[DynamicsEnsemble, dict]:
     """Loads the ensemble fitted on ``data`` with ``seed`` from ``folder``, fitting and saving it first if absent.
+
+    ``device``: where the ensemble is fitted and where the cached file is loaded to (``map_location``: a fit saved
+    on CUDA loads on the CPU and the other way round); ``None``: ``data``'s device (the CPU for a CPU dataset). Pass
+    ``data`` on that device (moved once) so the fit's minibatches never cross PCIe.
 
     The file is ``ensemble_<dataset id, / as _>_n<len(data)>_seed<seed>.pt`` (with the fit's report as ``.json``,
     which records ``max_epochs``), so MOPO, MB2PO and COMBO runs on the same data and ensemble seed share one fit; a
@@ -214,14 +329,16 @@ def fit_or_load_ensemble(folder: str | Path, dataset_id: str, data: TensorDictBa
     Raises:
         ValueError: the cached fit was made with another ``max_epochs`` that would have given another ensemble.
     """
+    device = torch.device(device) if device is not None else (data.device or torch.device("cpu"))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ensemble_{dataset_id.replace('/', '_')}_n{data.shape[0]}_seed{seed}.pt"
     report = path.with_suffix(".json")
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
-            ensemble = DynamicsEnsemble(data["observation"].shape[-1], data["action"].shape[-1], seed=seed)
-            fit = ensemble.fit(data, max_epochs=max_epochs, seed=seed, progress=progress)
+            ensemble = DynamicsEnsemble(data["observation"].shape[-1], data["action"].shape[-1], seed=seed,
+                                        device=device)
+            fit = ensemble.fit(data.to(device), max_epochs=max_epochs, seed=seed, progress=progress)
             ensemble.save(path)
             report.write_text(json.dumps({**fit, "max_epochs": max_epochs}, indent=1))
     fit = json.loads(report.read_text()) if report.exists() else {}
@@ -232,7 +349,7 @@ def fit_or_load_ensemble(folder: str | Path, dataset_id: str, data: TensorDictBa
                 f"{fit['epochs']} epochs); max_epochs={max_epochs} was asked for, which would give another "
                 f"ensemble. Pass max_epochs={fit['max_epochs']} (--ensemble-max-epochs) to use it, or another "
                 f"folder (--ensemble-dir) to fit anew.")
-    return DynamicsEnsemble.load(path), fit
+    return DynamicsEnsemble.load(path, map_location=device), fit
 
 
 def plot_learning_curve(path: str | Path, history: Sequence[dict], title: str,
@@ -324,7 +441,7 @@ def negative_reward_warning(model_stats: dict, terminates: bool) -> str | None:
 
 def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBase, fit: dict, resumable: set[str],
                    keys: Sequence, metric_keys: Sequence[str], title: str, penalty_coef: float = 0.0,
-                   mark_real: bool = False) -> dict:
+                   mark_real: bool = False, device: torch.device | str | None = None) -> dict:
     """The model-based examples' loop (MOPO's Algorithm 2, COMBO's Algorithm 1): rollouts, updates, evaluations.
 
     Every ``rollout_every`` gradient steps, ``env.rollout(horizon, agent.policy)`` (``rollout_batch_size`` model
@@ -358,10 +475,16 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
         penalty_coef: λ, for the ``model_penalty`` statistic (``λ · mean u``; 0 for an unpenalised model MDP).
         mark_real: store the boolean ``"is_real" (·, 1)`` with every transition (``True`` for dataset rows,
             ``False`` for model rows), so that each batch says which of its rows are real (COMBO's push-up term).
+        device: where the buffers live (``None``: ``agent.device``, else the CPU): both replay storages are
+            ``LazyTensorStorage(..., device=device)``, so sampled batches never cross PCIe; ``data`` and the model
+            env's rollouts should be there already. Updates run with ``agent.update(batch, sync=False)`` (no host
+            sync per step; the metrics are read at evaluations); the checkpoint is loaded with ``map_location``
+            ``device`` and keeps the CPU and (on CUDA) the CUDA RNG states.
 
     Returns:
         The result written to ``<out>/result.json``: ``normalized_score`` (the last evaluation), ``history``,
-        ``args``, ``wall_time_s`` and ``ensemble_fit``. Also writes ``history_seed<S>.json``,
+        ``args``, ``wall_time_s``, ``ensemble_fit`` and where it ran (:func:`device_record`: ``device``,
+        ``torch``, ``cuda``, ``gpu``). Also writes ``history_seed<S>.json``,
         ``learning_curve_seed<S>.png`` and ``checkpoint_seed<S>.pt``.
 
     Raises:
@@ -380,6 +503,7 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
     if args.actor_lr_schedule not in ("cosine", "constant"):
         raise SystemExit(f"--actor-lr-schedule must be cosine or constant, got {args.actor_lr_schedule!r}")
     out = Path(args.out)
+    device = torch.device(device if device is not None else getattr(agent, "device", "cpu"))
     epochs = max(1, args.num_steps // args.rollout_every)
     actor_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(agent.actor_optim, T_max=epochs)
                       if args.actor_lr_schedule == "cosine" else None)
@@ -391,19 +515,21 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
     def stored(transitions: TensorDictBase, real: bool) -> TensorDictBase:
         transitions = transitions.select(*keys)
         if mark_real:
-            transitions.set("is_real", torch.full((*transitions.shape, 1), real, dtype=torch.bool))
+            transitions.set("is_real", torch.full((*transitions.shape, 1), real, dtype=torch.bool,
+                                                  device=transitions.device))
         return transitions
 
-    real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]))
+    real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0], device=device))
     real.extend(stored(data, True))
     buffer = OfflineToOnlineReplayBuffer(
-        real, online_capacity=args.rollout_batch_size * args.horizon * args.retain_rollouts,
+        real, online_storage=LazyTensorStorage(args.rollout_batch_size * args.horizon * args.retain_rollouts,
+                                               device=device),
         offline_fraction=args.real_ratio, batch_size=args.batch_size)
 
     step, history, wall = 0, [], 0.0
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():  # resume; the model buffer is refilled by a fresh rollout
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)  # a checkpoint written on CUDA resumes on the CPU
         saved = ckpt["args"]
         defaults = dataclasses.asdict(type(args)())  # a setting added since the checkpoint was made had its default
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(args).items()
@@ -414,7 +540,7 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
         if actor_schedule is not None and "actor_schedule" in ckpt:
             actor_schedule.load_state_dict(ckpt["actor_schedule"])
         step, history, wall = ckpt["step"], ckpt["history"], ckpt.get("wall_time_s", 0.0)
-        torch.set_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt, device)
         env.set_seed(args.seed + step)
     logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"{name.lower()}_seed{args.seed}")
     dataset_meta = minari.load_dataset(args.dataset)
@@ -431,7 +557,7 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
             if step == first_step and (warning := negative_reward_warning(
                     model_stats, getattr(env, "termination_fn", None) is not None)) is not None:
                 warnings.warn(warning, stacklevel=2)
-        metrics = agent.update(buffer.sample())
+        metrics = agent.update(buffer.sample(), sync=False)  # detached tensors: no host sync between evaluations
         step += 1
         bar.update()
         if actor_schedule is not None and step % args.rollout_every == 0:
@@ -444,7 +570,7 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
                      "return_max": float(np.max(returns)), "normalized_score": score, "q_data": q.mean().item(),
                      "mc_return": probe_mc.mean().item(),
                      "q_minus_mc": (q - probe_mc).mean().item(), **model_stats,
-                     **{key: metrics[key] for key in metric_keys}, "num_nonfinite": env.num_nonfinite}
+                     **{key: float(metrics[key]) for key in metric_keys}, "num_nonfinite": env.num_nonfinite}
             history.append(point)
             for key, value in point.items():  # model_* were logged at their rollout's own step
                 if key not in model_stats:
@@ -454,11 +580,12 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
             save_atomic({"agent": agent.state_dict(), "step": step, "history": history,
                          "actor_schedule": None if actor_schedule is None else actor_schedule.state_dict(),
-                         "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                         **rng_state(device), "args": dataclasses.asdict(args),
                          "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
-              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit}
+              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit,
+              **device_record(device)}
     (out / f"history_seed{args.seed}.json").write_text(json.dumps(history, indent=1))
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history, title)
     (out / "result.json").write_text(json.dumps(result, indent=1))

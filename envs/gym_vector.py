@@ -44,8 +44,10 @@ class GymVectorModelEnv(gymnasium.vector.VectorEnv):
     batched model still computes a step for those rows (with the ignored action); its outputs are discarded.
 
     Actions are used as given (no clipping; wrap with ``gymnasium.wrappers.vector.ClipAction`` if needed); a
-    float32 C-contiguous array is passed to torch without a copy. All calls run under ``torch.no_grad()``.
-    This wrapper owns ``env``: :meth:`close` closes it. Rendering is not supported (``render_mode`` is None).
+    float32 C-contiguous array is passed to torch without a copy (on a CPU env; on a GPU env it is copied to the
+    env's device once per step). Devices: the wrapped env may live on any device; everything returned is NumPy on
+    the CPU, as Gymnasium requires, copied from the device in one transfer per ``step``. All calls run under
+    ``torch.no_grad()``. This wrapper owns ``env``: :meth:`close` closes it. Rendering is not supported (``render_mode`` is None).
 
     Args:
         env: a TorchRL env with batch size ``(B,)``, an ``"observation"`` entry ``(B, O)``, a continuous
@@ -108,6 +110,7 @@ class GymVectorModelEnv(gymnasium.vector.VectorEnv):
         self.action_space = batch_space(self.single_action_space, batch)
         self._state: TensorDictBase | None = None  # TorchRL state after step_mdp; None until the first reset
         self._autoreset = torch.zeros(batch, dtype=torch.bool, device=env.device)  # rows ended in the last step
+        self._autoreset_any = False  # the same on the host (no device sync to test it)
 
     @staticmethod
     def _action_box(spec) -> gymnasium.spaces.Box:
@@ -153,12 +156,14 @@ class GymVectorModelEnv(gymnasium.vector.VectorEnv):
         if reset_mask is None:
             self._state = self.env.reset()
             self._autoreset.zero_()
+            self._autoreset_any = False
         else:
             mask = self._check_reset_mask(reset_mask)
             if self._state is None:
                 raise RuntimeError("reset(options={'reset_mask': ...}) needs a previous full reset()")
             self._partial_reset(mask)
             self._autoreset &= ~mask
+            self._autoreset_any = bool(self._autoreset.any())
         return self._numpy(self._state.get("observation")), {}
 
     @torch.no_grad()
@@ -191,25 +196,31 @@ class GymVectorModelEnv(gymnasium.vector.VectorEnv):
         reward = next_td.get(self._reward_key).reshape(batch)
         terminated = next_td.get("terminated").reshape(batch)
         truncated = next_td.get("truncated").reshape(batch)
-        info_values = {key: next_td.get(key).reshape(batch) for key in self._info_keys}
+        info_values = [next_td.get(key).reshape(batch) for key in self._info_keys]
         self._state = step_mdp(tensordict)
 
         stepped = ~self._autoreset
-        if not bool(stepped.all()):  # NEXT_STEP: rows that ended last call restart now; their step is discarded
+        if self._autoreset_any:  # NEXT_STEP: rows that ended last call restart now; their step is discarded
             self._partial_reset(self._autoreset)
             reward = torch.where(stepped, reward, torch.zeros_like(reward))
             terminated, truncated = terminated & stepped, truncated & stepped
-            info_values = {key: torch.where(stepped, value, torch.zeros_like(value))
-                           for key, value in info_values.items()}
+            info_values = [torch.where(stepped, value, torch.zeros_like(value)) for value in info_values]
         self._autoreset = terminated | truncated
 
-        stepped_np = self._numpy(stepped, np.bool_)
+        # One device-to-host copy per step (Gymnasium wants NumPy on the CPU): every output packed in one float32
+        # block (the flags as 0/1, exact), copied once, then sliced.
+        observation = self._state.get("observation")
+        columns = [observation.reshape(batch, -1), reward, *info_values, terminated, truncated, stepped]
+        block = torch.cat([c.reshape(batch, -1).to(torch.float32) for c in columns], dim=-1).cpu().numpy()
+        obs_dim = columns[0].shape[-1]
+        flags = block[:, -3:] != 0
+        terminated_np, truncated_np, stepped_np = flags[:, 0].copy(), flags[:, 1].copy(), flags[:, 2]
+        self._autoreset_any = bool(terminated_np.any() or truncated_np.any())
         infos: dict[str, Any] = {}
-        for key, value in info_values.items():
-            infos[key] = self._numpy(value)
+        for i, key in enumerate(self._info_keys):
+            infos[key] = block[:, obs_dim + 1 + i].copy()
             infos[f"_{key}"] = stepped_np.copy()
-        return (self._numpy(self._state.get("observation")), self._numpy(reward), self._numpy(terminated, np.bool_),
-                self._numpy(truncated, np.bool_), infos)
+        return (block[:, :obs_dim].copy(), block[:, obs_dim].copy(), terminated_np, truncated_np, infos)
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes the wrapped TorchRL env."""

@@ -5,19 +5,54 @@ Reference: MOPO, Yu et al., arXiv:2005.13239 (section 4.3, Algorithm 2); MOReL, 
 """
 from __future__ import annotations
 
+import contextvars
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase, StepCounter, Transform, TransformedEnv
 
+from cmbrl.components.devices import resolve_device
 from cmbrl.components.ensemble import DynamicsEnsemble
 from cmbrl.components.penalties import PenaltyFn, get_penalty, max_pairwise_diff, requires_all_members
 from cmbrl.components.termination import TerminationFn, get_termination_fn
 
 __all__ = ["ModelEnv", "UncertaintyPenalty", "ConservativeModelEnv"]
 
+_COMPILE_ARG: contextvars.ContextVar = contextvars.ContextVar("cmbrl_model_env_compile", default=None)
 
-class ModelEnv(EnvBase):
+
+def _keeps_compile_kwarg(env_meta: type) -> type:
+    """A subclass of a TorchRL env metaclass that keeps ``compile=`` for cmbrl.
+
+    TorchRL >= 0.14's env metaclass pops a ``compile=`` constructor argument and compiles the whole
+    ``step_and_maybe_reset`` (TensorDict bookkeeping and the generator draws included). cmbrl's model envs give
+    ``compile=`` their own meaning (the prediction step only, see :class:`ModelEnv`), so this metaclass takes it out
+    of the arguments first and hands it to ``__init__`` through a context variable (older TorchRL versions pass it
+    straight to ``__init__``, which works too). TorchRL's :meth:`~torchrl.envs.EnvBase.compile` method stays
+    available on the instance.
+    """
+
+    class KeepCompileKwarg(env_meta):
+        def __call__(cls, *args, **kwargs):
+            token = _COMPILE_ARG.set(kwargs.pop("compile", None))
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                _COMPILE_ARG.reset(token)
+
+    KeepCompileKwarg.__name__ = KeepCompileKwarg.__qualname__ = f"KeepCompileKwarg{env_meta.__name__}"
+    return KeepCompileKwarg
+
+
+def _compile_argument(compile: bool | str | dict | None) -> bool | str | dict:
+    """The ``compile`` an ``__init__`` was given, directly or through :func:`_keeps_compile_kwarg`'s metaclass."""
+    if compile is None:
+        compile = _COMPILE_ARG.get()
+    return False if compile is None else compile
+
+
+class ModelEnv(EnvBase, metaclass=_keeps_compile_kwarg(type(EnvBase))):
     """A batch of ``B`` model MDPs driven by a :class:`DynamicsEnsemble` (no reward penalty, no horizon).
 
     ``reset`` draws start states uniformly from ``start_states``; partial resets (TorchRL's ``"_reset"`` mask, as
@@ -62,13 +97,38 @@ class ModelEnv(EnvBase):
         halt_threshold: MOReL-style halting: a row whose members' (those of ``penalty_members``) maximum pairwise
             disagreement ``max_{i,j} ||mean_i − mean_j||_2`` exceeds it terminates. None (default) disables halting.
         halt_penalty: the model reward written on the step where a row halts (MOReL's ``−κ``). Default 0.
-        chunk_size: rows per chunk in the ensemble forward pass (CPU cache efficiency). Default 4096.
-        seed: seeds the env's generator (start states, members, Gaussian noise).
-        device: torch device of the env and its tensors.
+        chunk_size: rows per chunk in the ensemble forward pass (CPU cache efficiency), or None (one pass over the
+            whole batch). Default ``"auto"``: 4096 on the CPU, None on a GPU.
+        seed: seeds the env's generator (start states, members, Gaussian noise), which lives on ``device``: a seed
+            reproduces a rollout on the same device (CPU and CUDA generators draw different numbers).
+        device: the env's device: all its tensors, its generator and the ensemble live there. None (default): the
+            ensemble's :attr:`~cmbrl.components.DynamicsEnsemble.device`; otherwise any
+            :func:`~cmbrl.components.devices.resolve_device` argument, and the ensemble is moved there (in place,
+            ``ensemble.to(device)``). ``start_states`` (and the transitions the clip range comes from),
+            ``observation_low``/``observation_high`` and the action bounds may come on any device (datasets load on
+            the CPU): they are copied to ``device`` once, here, never per step. Actions given to ``step`` must be on
+            ``device`` (TorchRL's collectors put them there).
+        compile: run the prediction step (action clipping, the ensemble's forward pass, the sampled member's
+            Gaussian sample, the penalty, halting, the non-finite guard, termination and clipping) through
+            ``torch.compile``. False (default; None is the same): eager. True: ``torch.compile``'s default
+            (inductor); a string: that ``torch.compile`` ``mode`` (``"reduce-overhead"`` and ``"max-autotune"``
+            capture CUDA graphs on a GPU; their outputs are cloned before they leave the step); a dict: keyword
+            arguments of ``torch.compile`` (e.g. ``{"backend": "aot_eager"}``, which compiles in seconds, for
+            tests). The compiled function computes every member in use for every row and gathers the sampled
+            member's output, with no data-dependent Python control flow (for one-member penalties such as
+            ``"individual_std"`` off the CPU that is all elites for every row; on the CPU those keep the eager
+            grouped forward pass of the sampled member, ``num_elites`` times less work, and compile the rest). The
+            member indices and the Gaussian noise are drawn outside it from the env's
+            generator, so compiled and eager rollouts with the same seed agree to float tolerance. It uses the
+            ensemble's own layers (a subclass overriding ``forward`` is not consulted). The first step of each chunk
+            shape compiles (inductor: tens of seconds on a small CPU). cmbrl's ``compile=`` replaces TorchRL's own
+            constructor argument of that name (which compiles the whole ``step_and_maybe_reset``); TorchRL's
+            ``env.compile(...)`` method is still there.
 
     Raises:
         ValueError: on shapes that do not match the ensemble, unknown penalty or termination names, an empty or
-            non-finite ``start_states``.
+            non-finite ``start_states``, a ``compile`` of the wrong type, or a CUDA ``device`` on a machine without
+            one (naming it).
     """
 
     def __init__(
@@ -87,19 +147,27 @@ class ModelEnv(EnvBase):
         observation_high: torch.Tensor | None = None,
         halt_threshold: float | None = None,
         halt_penalty: float = 0.0,
-        chunk_size: int | None = 4096,
+        chunk_size: int | None | str = "auto",
         seed: int | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
+        compile: bool | str | dict | None = None,
     ) -> None:
+        compile = _compile_argument(compile)
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        device = ensemble.device if device is None else resolve_device(device)
         super().__init__(device=device, batch_size=torch.Size([batch_size]))
         self.ensemble = ensemble.to(self.device).eval()
         self.penalty = get_penalty(penalty)
         self.termination_fn = get_termination_fn(termination_fn)
         self.halt_threshold, self.halt_penalty = halt_threshold, float(halt_penalty)
+        if chunk_size == "auto":
+            chunk_size = 4096 if self.device.type == "cpu" else None
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size <= 0):
+            raise ValueError(f"chunk_size must be a positive int, None or 'auto', got {chunk_size!r}")
         self.chunk_size = chunk_size
-        self.num_nonfinite = 0
+        self._num_nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
         if penalty_members not in ("all", "elites"):
             raise ValueError(f"penalty_members must be 'all' or 'elites', got {penalty_members!r}")
         self.penalty_members = penalty_members
@@ -120,6 +188,7 @@ class ModelEnv(EnvBase):
                              f"got {tuple(observations.shape)}")
         if not torch.isfinite(observations).all():
             raise ValueError("start_states contain NaN or infinite values")
+        # Moved once, here: datasets load on the CPU, rollouts run on the env's device.
         self.start_states = observations.to(self.device, torch.float32)
         data = torch.cat([b.to(self.device, torch.float32) for b in bounds_from])
         self.observation_low = (data.amin(0) if observation_low is None
@@ -152,6 +221,30 @@ class ModelEnv(EnvBase):
             truncated=Categorical(2, (*shape, 1), dtype=torch.bool),
             shape=shape,
         )
+        # Every member in use for every row: all E when the penalty or halting reads all of them, else the elites.
+        self._dense_all = self._needs_all_members and self.penalty_members == "all"
+        self._finish_options = dict(halt_penalty=self.halt_penalty, termination_fn=self.termination_fn,
+                                    clip=self.clip_observations)
+        self.compile_options = compile  # not `self.compile`: nn.Module.compile is a method
+        # One-member penalties on the CPU: only the sampled member's forward pass, rows grouped by member.
+        self._grouped_members = not self._needs_all_members and self.device.type == "cpu"
+        self._compiled, self._cudagraphs = None, False
+        if compile:
+            if self._grouped_members:
+                step = _make_member_tail(penalty=self.penalty, **self._finish_options)
+            else:
+                step = _make_dense_step(dense_all=self._dense_all, needs_all=self._needs_all_members,
+                                        penalty=self.penalty, halt_threshold=halt_threshold, **self._finish_options)
+            options = _compile_kwargs(compile)
+            self._compiled = torch.compile(step, **options)
+            # "reduce-overhead" / "max-autotune" capture CUDA graphs (torch.compile's own mode names).
+            self._cudagraphs = self.device.type == "cuda" and options.get("mode") in ("reduce-overhead",
+                                                                                  "max-autotune")
+
+    @property
+    def num_nonfinite(self) -> int:
+        """Rows whose prediction was NaN or infinite (and were terminated) since construction."""
+        return int(self._num_nonfinite)
 
     def _set_seed(self, seed: int | None) -> None:
         self.rng.manual_seed(int(torch.empty((), dtype=torch.int64).random_()) if seed is None else seed)
@@ -180,38 +273,37 @@ class ModelEnv(EnvBase):
     @torch.no_grad()
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict["observation"]
-        action = tensordict["action"].clamp(self.action_low, self.action_high)
+        action = tensordict["action"]
         batch, dim = observation.shape[0], self.ensemble.observation_dim + 1
+        # Drawn outside any compiled code, in this order, so that eager and compiled rollouts see the same numbers.
         member = torch.randint(self.ensemble.num_elites, (batch,), generator=self.rng, device=self.device)
         noise = torch.randn(batch, dim, generator=self.rng, device=self.device)
-        sample = torch.empty(batch, dim, device=self.device)
-        uncertainty = torch.empty(batch, device=self.device)
-        halted = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        # Chunks of rows go through forward pass, member choice, penalty and sampling while they sit in cache.
-        # The one-member path groups each chunk's rows by member, so its chunks are num_elites times larger.
         chunk = batch if self.chunk_size is None else self.chunk_size
-        if not self._needs_all_members:
+        if self._compiled is not None and self._grouped_members:
+            action = action.clamp(self.action_low, self.action_high)
+            step = self._grouped_compiled_step
             chunk *= self.ensemble.num_elites
-        for start in range(0, batch, chunk):
-            rows = slice(start, start + chunk)
-            self._predict(observation[rows], action[rows], member[rows], noise[rows], sample[rows],
-                          uncertainty[rows], halted[rows])
-        next_observation = sample[:, :-1]
-        reward = sample[:, -1]
-
-        finite = torch.isfinite(sample).all(-1) & torch.isfinite(uncertainty)
-        terminated = ~finite | halted
-        if self.halt_threshold is not None:
-            reward = torch.where(halted, torch.full_like(reward, self.halt_penalty), reward)
-        if not bool(finite.all()):
-            self.num_nonfinite += int((~finite).sum())
-            next_observation = torch.where(finite.unsqueeze(-1), next_observation, observation)
-            reward = torch.where(finite, reward, torch.zeros_like(reward))
-            uncertainty = torch.where(finite, uncertainty, torch.zeros_like(uncertainty))
-        if self.termination_fn is not None:  # judged on the model's own prediction, before any clipping
-            terminated = terminated | self.termination_fn(observation, action, next_observation).reshape(batch)
-        if self.clip_observations:
-            next_observation = next_observation.clamp(self.observation_low, self.observation_high)
+        elif self._compiled is not None:
+            tensors = self._step_tensors()
+            step = lambda *rows: self._compiled(*rows, tensors)  # noqa: E731
+            if self._cudagraphs:  # outputs live in the CUDA graph's pool: a later replay overwrites them
+                step = lambda *rows: self._cudagraph_call(rows, tensors)  # noqa: E731
+        else:
+            action = action.clamp(self.action_low, self.action_high)
+            step = self._eager_step
+            # The one-member CPU path groups each chunk's rows by member, so its chunks are num_elites times larger.
+            if self._grouped_members:
+                chunk *= self.ensemble.num_elites
+        # Chunks of rows go through forward pass, member choice, penalty, sampling and termination while they sit in
+        # cache (on the CPU; a GPU takes the whole batch at once).
+        parts = [step(*rows) for rows in zip(observation.split(chunk), action.split(chunk), member.split(chunk),
+                                             noise.split(chunk))]
+        if len(parts) == 1:
+            next_observation, reward, uncertainty, terminated, nonfinite = parts[0]
+        else:
+            next_observation, reward, uncertainty, terminated = (torch.cat(p) for p in list(zip(*parts))[:4])
+            nonfinite = sum(p[4] for p in parts)
+        self._num_nonfinite += nonfinite
         reward = reward.unsqueeze(-1)
         terminated = terminated.unsqueeze(-1)
         return TensorDict(
@@ -221,22 +313,125 @@ class ModelEnv(EnvBase):
             batch_size=self.batch_size, device=self.device,
         )
 
-    def _predict(self, observation, action, member, noise, sample_out, uncertainty_out, halted_out) -> None:
-        """One chunk: writes the Gaussian sample ``(b, O + 1)``, ``u`` ``(b,)`` and the halting mask ``(b,)``."""
+    def _cudagraph_call(self, rows, tensors) -> tuple:
+        torch.compiler.cudagraph_mark_step_begin()
+        return tuple(t.clone() for t in self._compiled(*rows, tensors))
+
+    def _grouped_compiled_step(self, observation, action, member, noise):
+        """One chunk, compiled, one-member penalty on the CPU: the sampled member's forward pass eagerly
+        (``forward_member``: rows grouped by member, data-dependent sizes), the rest compiled."""
+        mean_k, std_k = self.ensemble.forward_member(observation, action, self.ensemble.elite_indices[member])
+        return self._compiled(observation, action, mean_k, std_k, member, noise, self.observation_low,
+                              self.observation_high)
+
+    def _eager_step(self, observation, action, member, noise):
+        """One chunk, eager: the ensemble's own ``forward`` (all members in use) or, on the CPU for one-member
+        penalties, ``forward_member`` (rows grouped by member), then :meth:`_finish`."""
         ensemble = self.ensemble
-        if self._needs_all_members:
-            mean, std = ensemble(observation, action, members=self.penalty_members)
-            if self.penalty_members == "all":  # member: position among the elites -> index among all members
-                member = ensemble.elite_indices[member]
-            rows = torch.arange(observation.shape[0], device=self.device)
-            mean_k, std_k = mean[member, rows], std[member, rows]
-            uncertainty_out.copy_(self.penalty(mean, std, member))
-            if self.halt_threshold is not None:
-                halted_out.copy_(max_pairwise_diff(mean, std, member) > self.halt_threshold)
+        halted = None
+        if not self._grouped_members:
+            members = self.penalty_members if self._needs_all_members else "elites"
+            mean, std = ensemble(observation, action, members=members)
+            index = ensemble.elite_indices[member] if members == "all" else member
+            rows = torch.arange(observation.shape[0], device=observation.device)
+            mean_k, std_k = mean[index, rows], std[index, rows]
+            if self._needs_all_members:
+                uncertainty = self.penalty(mean, std, index)
+                if self.halt_threshold is not None:
+                    halted = max_pairwise_diff(mean, std, index) > self.halt_threshold
+            else:
+                uncertainty = self.penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member))
         else:  # only the sampled member's forward pass
             mean_k, std_k = ensemble.forward_member(observation, action, ensemble.elite_indices[member])
-            uncertainty_out.copy_(self.penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member)))
-        torch.addcmul(mean_k, std_k, noise, out=sample_out)
+            uncertainty = self.penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member))
+        sample = torch.addcmul(mean_k, std_k, noise)
+        return _finish(observation, action, sample, uncertainty, halted, self.observation_low, self.observation_high,
+                       **self._finish_options)
+
+    def _step_tensors(self) -> tuple:
+        """The tensors the compiled step reads, passed as inputs (not captured) so that a refit or ``.to()``
+        of the ensemble reaches the compiled function without a recompile."""
+        ensemble = self.ensemble
+        weights = ensemble._weights(None if self._dense_all else ensemble.elite_indices)
+        return (tuple(weights), ensemble.input_mean, ensemble.input_std, ensemble.max_logvar, ensemble.min_logvar,
+                ensemble.elite_indices, self.action_low, self.action_high, self.observation_low,
+                self.observation_high)
+
+
+def _finish(observation, action, sample, uncertainty, halted, observation_low, observation_high, *,
+            halt_penalty: float, termination_fn, clip: bool):
+    """Sample ``(b, O + 1)`` -> next observation ``(b, O)``, reward ``(b,)``, ``u`` ``(b,)``, terminated ``(b,)``
+    and the number of non-finite rows (0-d): halting (``halted`` ``(b,)`` bool or None), the non-finite guard (the
+    row keeps its observation, reward 0, ``u = 0``, terminates), the termination function on the model's own
+    prediction, then the optional clip. Branch-free (no host sync; ``torch.compile`` friendly)."""
+    next_observation, reward = sample[:, :-1], sample[:, -1]
+    finite = torch.isfinite(sample).all(-1) & torch.isfinite(uncertainty)
+    terminated = ~finite
+    if halted is not None:
+        terminated = terminated | halted
+        reward = torch.where(halted, torch.full_like(reward, halt_penalty), reward)
+    next_observation = torch.where(finite.unsqueeze(-1), next_observation, observation)
+    reward = torch.where(finite, reward, torch.zeros_like(reward))
+    uncertainty = torch.where(finite, uncertainty, torch.zeros_like(uncertainty))
+    if termination_fn is not None:  # judged on the model's own prediction, before any clipping
+        terminated = terminated | termination_fn(observation, action, next_observation).reshape(-1)
+    if clip:
+        next_observation = next_observation.clamp(observation_low, observation_high)
+    return next_observation, reward, uncertainty, terminated, (~finite).sum()
+
+
+def _make_dense_step(*, dense_all: bool, needs_all: bool, penalty, halt_threshold: float | None, **finish):
+    """The prediction step of one chunk as a pure tensor function (what ``ModelEnv(compile=...)`` compiles): every
+    member in use for every row (all ``E`` when ``dense_all``, else the elites), the sampled member's output
+    gathered, then :func:`_finish`. No data-dependent Python control flow, no random numbers."""
+
+    def dense_step(observation, action, member, noise, tensors):
+        (weights, input_mean, input_std, max_logvar, min_logvar, elite_indices, action_low, action_high,
+         observation_low, observation_high) = tensors
+        action = action.clamp(action_low, action_high)
+        num = weights[0][0].shape[0]
+        x = (torch.cat([observation, action], dim=-1) - input_mean) / input_std
+        mean, logvar = DynamicsEnsemble._mlp(x.unsqueeze(0).expand(num, -1, -1), weights, max_logvar, min_logvar)
+        mean = torch.cat([mean[..., :-1] + observation, mean[..., -1:]], dim=-1)
+        std = (0.5 * logvar).exp()
+        index = elite_indices[member] if dense_all else member
+        rows = torch.arange(observation.shape[0], device=observation.device)
+        mean_k, std_k = mean[index, rows], std[index, rows]
+        halted = None
+        if needs_all:
+            uncertainty = penalty(mean, std, index)
+            if halt_threshold is not None:
+                halted = max_pairwise_diff(mean, std, index) > halt_threshold
+        else:
+            uncertainty = penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member))
+        sample = torch.addcmul(mean_k, std_k, noise)
+        return _finish(observation, action, sample, uncertainty, halted, observation_low, observation_high, **finish)
+
+    return dense_step
+
+
+def _make_member_tail(*, penalty, **finish):
+    """What ``ModelEnv(compile=...)`` compiles for a one-member penalty on the CPU, where the sampled member's forward
+    pass runs eagerly (rows grouped by member): the penalty, the Gaussian sample and :func:`_finish`."""
+
+    def member_tail(observation, action, mean_k, std_k, member, noise, observation_low, observation_high):
+        uncertainty = penalty(mean_k.unsqueeze(0), std_k.unsqueeze(0), torch.zeros_like(member))
+        sample = torch.addcmul(mean_k, std_k, noise)
+        return _finish(observation, action, sample, uncertainty, None, observation_low, observation_high, **finish)
+
+    return member_tail
+
+
+def _compile_kwargs(compile: bool | str | dict) -> dict:
+    """``torch.compile`` keyword arguments for a ``compile`` argument (True, a mode string or a kwargs dict)."""
+    if compile is True:
+        return {}
+    if isinstance(compile, str):
+        return {} if compile == "default" else {"mode": compile}
+    if isinstance(compile, dict):
+        return dict(compile)
+    raise ValueError(f"compile must be a bool, a torch.compile mode string or a dict of torch.compile keyword "
+                     f"arguments, got {compile!r}")
 
 
 class UncertaintyPenalty(Transform):
@@ -271,7 +466,7 @@ class UncertaintyPenalty(Transform):
         return tensordict_reset
 
 
-class ConservativeModelEnv(TransformedEnv):
+class ConservativeModelEnv(TransformedEnv, metaclass=_keeps_compile_kwarg(type(TransformedEnv))):
     """The conservative model MDP: :class:`ModelEnv` + a rollout ``horizon`` + :class:`UncertaintyPenalty`.
 
     ``ConservativeModelEnv(ensemble, ...)`` is ``TransformedEnv(ModelEnv(ensemble, ...),
@@ -286,6 +481,9 @@ class ConservativeModelEnv(TransformedEnv):
         penalty_coef: λ (MOPO). Default 1.0; MOPO uses 5.0 on hopper-medium (see HYPERPARAMETERS.md).
         horizon: ``h``, steps before truncation. Default 5 (MOPO).
         start_states, batch_size, termination_fn, halt_threshold, halt_penalty, seed, ...: see :class:`ModelEnv`.
+        device: None (default): the ensemble's device; see :class:`ModelEnv` (start states are moved there once).
+        compile: the prediction step through ``torch.compile`` (False, True, a mode string or a dict of
+            ``torch.compile`` keyword arguments); see :class:`ModelEnv`.
 
     Examples:
         >>> import torch
@@ -310,12 +508,15 @@ class ConservativeModelEnv(TransformedEnv):
         batch_size: int = 50_000,
         termination_fn: str | TerminationFn | None = None,
         seed: int | None = None,
+        device: str | torch.device | None = None,
+        compile: bool | str | dict | None = None,
         **kwargs,
     ) -> None:
+        compile = _compile_argument(compile)
         if not isinstance(horizon, int) or horizon <= 0:
             raise ValueError(f"horizon must be a positive int, got {horizon!r}")
         base = ModelEnv(ensemble, start_states, penalty=penalty, batch_size=batch_size,
-                        termination_fn=termination_fn, seed=seed, **kwargs)
+                        termination_fn=termination_fn, seed=seed, device=device, compile=compile, **kwargs)
         super().__init__(base)
         self.append_transform(StepCounter(max_steps=horizon))
         self.append_transform(UncertaintyPenalty(penalty_coef))

@@ -27,16 +27,18 @@ import numpy as np
 import torch
 import tqdm
 from torchrl.data import LazyTensorStorage, ReplayBuffer
-from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.record.loggers import get_logger
 
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC
 from cmbrl.components import save_atomic
-from cmbrl.components.training import (critic_values, dataset_env_id, evaluate_policy, file_lock, make_q_probe,
-                                       parse_dataclass_args, plot_learning_curve)
+from cmbrl.components.training import (critic_values, dataset_env_id, device_record, evaluate_policy, file_lock,
+                                       learner_kwargs, load_checkpoint, make_eval_env, make_q_probe,
+                                       parse_dataclass_args, plot_learning_curve, resolve_run_device,
+                                       restore_rng_state, rng_state)
 
-RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "device", "compile",
+             "compile_backend", "cudagraphs"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
 AGENT_KEYS = ("actor", "num_components", "temperature", "weight", "max_weight", "actor_lr", "critic_lr")
@@ -77,6 +79,17 @@ class Args:
     """Seed of the networks, the minibatch sampler and the evaluation env."""
     threads: int = 0
     """torch threads (0: torch's default). Use 1 per process when running several seeds side by side."""
+    device: str = "auto"
+    """Where the networks, the dataset and the replay buffer live: auto (CUDA when torch sees one, else the CPU),
+    cpu, cuda or cuda:N. The real evaluation env stays a CPU MuJoCo env (TorchRL moves its tensors)."""
+    compile: int = 0
+    """1: torch.compile the learner's whole update (loss, backward, optimiser steps; TorchRL's SOTA pattern); the
+    first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code; up to a minute per compile on 2 CPU cores)
+    or aot_eager (no code generation, seconds: what the tests use)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
     out: str = "runs/awac"
     """Output folder."""
     logger: str = "csv"
@@ -99,6 +112,7 @@ def check_resume(saved: dict, args, defaults: dict, resumable: set, path: Path) 
 
 
 def main(args: Args) -> dict:
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before the data
     dataset_id, env_id = dataset_env_id(args.dataset, args.env_id)
     args = dataclasses.replace(args, dataset=dataset_id, env_id=env_id)
     if args.num_steps < 1 or args.eval_every < 1 or args.eval_episodes < 1 or args.max_transitions < 0:
@@ -108,38 +122,39 @@ def main(args: Args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / ".lock"):  # MB2PO may run this stage for a benchmark cell at the same time
-        return _train(args, out)
+        return _train(args, out, device)
 
 
-def _train(args: Args, out: Path) -> dict:
+def _train(args: Args, out: Path, device: torch.device) -> dict:
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset, progress=bool(args.progress))  # generated locally on first use
     if args.max_transitions:
         data = data[:args.max_transitions]
+    data = data.to(device)  # once: the replay buffer and the Q probe read it there
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
     print(f"AWAC on {args.dataset} ({data.shape[0]:,} transitions), eval on {args.env_id}, actor {args.actor}, "
-          f"weight {args.weight}, λ={args.temperature:.4g}, {args.num_steps:,} steps, seed {args.seed}", flush=True)
-    agent = AWAC(obs_dim, act_dim, seed=args.seed, **agent_kwargs(args))
-    eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
-    eval_env.set_seed(args.seed)
+          f"weight {args.weight}, λ={args.temperature:.4g}, {args.num_steps:,} steps, seed {args.seed}, on {device}",
+          flush=True)
+    agent = AWAC(obs_dim, act_dim, seed=args.seed, **agent_kwargs(args), **learner_kwargs(args, device))
+    eval_env = make_eval_env(args.env_id, device, seed=args.seed)  # CPU MuJoCo, tensors on the device
     probe = make_q_probe(data, gamma=0.99)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]), batch_size=args.batch_size)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0], device=device), batch_size=args.batch_size)
     buffer.extend(data.select(*KEYS))
 
     step, history, wall = 0, [], 0.0
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)  # a checkpoint written on CUDA resumes on the CPU
         check_resume(ckpt["args"], args, dataclasses.asdict(Args()), RESUMABLE, ckpt_path)
         agent.load_state_dict(ckpt["agent"])
         step, history, wall = ckpt["step"], ckpt["history"], ckpt["wall_time_s"]
-        torch.set_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt, device)
     logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"awac_seed{args.seed}")
     dataset_meta = minari.load_dataset(args.dataset)
     bar = tqdm.tqdm(total=args.num_steps, initial=step, desc="AWAC", disable=not args.progress, mininterval=5)
     started = time.time() - wall
     while step < args.num_steps:
-        metrics = agent.update(buffer.sample())
+        metrics = agent.update(buffer.sample(), sync=False)  # detached tensors: no host sync between evaluations
         step += 1
         bar.update()
         if step % args.eval_every == 0 or step == args.num_steps:
@@ -149,14 +164,15 @@ def _train(args: Args, out: Path) -> dict:
             point = {"step": step, "return": float(np.mean(returns)), "return_min": float(np.min(returns)),
                      "return_max": float(np.max(returns)), "normalized_score": score,
                      "q_data": q.mean().item(), "mc_return": probe["mc_return"].mean().item(),
-                     "q_minus_mc": (q - probe["mc_return"]).mean().item(), **metrics}
+                     "q_minus_mc": (q - probe["mc_return"]).mean().item(),
+                     **{key: float(value) for key, value in metrics.items()}}
             history.append(point)
             for key, value in point.items():
                 logger.log_scalar(key, value, step=step)
             bar.set_postfix(score=f"{score:.1f}", q=f"{point['q_data']:.0f}", mc=f"{point['mc_return']:.0f}")
             if not args.progress:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
-            save_atomic({"agent": agent.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state(),
+            save_atomic({"agent": agent.state_dict(), "step": step, "history": history, **rng_state(device),
                          "args": dataclasses.asdict(args), "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
     save_atomic({"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
@@ -164,7 +180,7 @@ def _train(args: Args, out: Path) -> dict:
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
                         f"AWAC on {args.dataset} ({args.actor}, λ={args.temperature:.3g}, seed {args.seed})")
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
-              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started}
+              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, **device_record(device)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
     return result

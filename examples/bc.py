@@ -25,6 +25,7 @@ from torchrl.data import RandomSampler, ReplayBuffer, TensorStorage
 from torchrl.record.loggers import get_logger
 
 from cmbrl import BC, load_dataset
+from cmbrl.components.training import device_record, learner_kwargs, resolve_run_device
 
 
 @dataclasses.dataclass
@@ -53,6 +54,16 @@ class Args:
     """Gradient steps between logged losses."""
     logger: str = "csv"
     """TorchRL logger: csv, tensorboard, wandb or mlflow (the last three need their package)."""
+    device: str = "auto"
+    """Where the network, the dataset and the sampled minibatches live: auto (CUDA when torch sees one, else the CPU),
+    cpu, cuda or cuda:N. The evaluation env is plain Gymnasium on the CPU (BC.act moves each observation)."""
+    compile: int = 0
+    """1: torch.compile the whole update (loss, backward, Adam step); the first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code; up to a minute per compile on 2 CPU cores)
+    or aot_eager (no code generation, seconds: what the tests use)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
 
 
 def evaluate(env, agent: BC, episodes: int, seed: int) -> list[float]:
@@ -70,6 +81,7 @@ def evaluate(env, agent: BC, episodes: int, seed: int) -> list[float]:
 
 def main(args: Args) -> dict:
     start = time.perf_counter()
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before the data
     if args.num_steps < 0 or args.batch_size < 1 or args.eval_episodes < 1 or args.max_transitions < 0:
         raise ValueError(f"need num_steps >= 0, batch_size >= 1, eval_episodes >= 1, max_transitions >= 0; got {args}")
     if args.threads:
@@ -80,6 +92,7 @@ def main(args: Args) -> dict:
     data = load_dataset(args.dataset, progress=True)  # generated locally on first use
     if args.max_transitions:
         data = data[: args.max_transitions]
+    data = data.to(device)  # once: every minibatch is sampled there
     dataset = minari.load_dataset(args.dataset)
     if dataset.storage.metadata.get("ref_min_score") is None:  # check before training, not after
         raise SystemExit(f"{args.dataset} has no ref_min_score / ref_max_score: no normalised score possible.")
@@ -89,7 +102,7 @@ def main(args: Args) -> dict:
     mean, std = (observations.mean(0), observations.std(0, correction=0) + 1e-3) if args.normalize else (None, None)
     agent = BC(observations.shape[-1], data["action"].shape[-1], action_low=env.action_space.low,
                action_high=env.action_space.high, observation_mean=mean, observation_std=std, lr=args.lr,
-               seed=args.seed)
+               seed=args.seed, **learner_kwargs(args, device))
     buffer = ReplayBuffer(storage=TensorStorage(data.select("observation", "action")), sampler=RandomSampler(),
                           batch_size=args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     name = f"{args.dataset.replace('/', '_')}_seed{args.seed}"
@@ -97,10 +110,11 @@ def main(args: Args) -> dict:
 
     bar = tqdm.trange(args.num_steps, desc="BC")
     for step in bar:
-        metrics = agent.update(buffer.sample())
+        metrics = agent.update(buffer.sample(), sync=False)  # a detached tensor: no host sync per step
         if (step + 1) % args.log_every == 0 or step + 1 == args.num_steps:
-            logger.log_scalar("loss_bc", metrics["loss_bc"], step=step + 1)
-            bar.set_postfix(loss_bc=f"{metrics['loss_bc']:.4f}")
+            loss = float(metrics["loss_bc"])
+            logger.log_scalar("loss_bc", loss, step=step + 1)
+            bar.set_postfix(loss_bc=f"{loss:.4f}")
 
     returns = np.asarray(evaluate(env, agent, args.eval_episodes, args.seed))
     env.close()
@@ -115,7 +129,7 @@ def main(args: Args) -> dict:
         "normalized_score": score,
         "history": [{"step": args.num_steps, "normalized_score": score, "return": result["return_mean"],
                      "return_std": result["return_std"]}],
-        "args": dataclasses.asdict(args), "wall_time_s": result["wall_time_s"]}, indent=1))
+        "args": dataclasses.asdict(args), "wall_time_s": result["wall_time_s"], **device_record(device)}, indent=1))
     return result
 
 

@@ -22,6 +22,7 @@ from bc import Args as BCArgs  # noqa: E402
 from bc import main as bc_main  # noqa: E402
 
 from cmbrl.components.datasets import DATASET_RECIPES, dataset_card, resolve_dataset_id  # noqa: E402
+from cmbrl.components.training import resolve_run_device  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--num-steps", type=int, default=BCArgs.num_steps)
     parser.add_argument("--eval-episodes", type=int, default=BCArgs.eval_episodes)
     parser.add_argument("--out", default="runs/bc_table")
+    parser.add_argument("--device", default=BCArgs.device, help="examples/bc.py's --device: auto (CUDA when torch "
+                        "sees one, else the CPU), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    resolve_run_device(args)  # a bad --device fails here, before any run
 
     rows = ["| dataset | transitions | data (normalised) | BC (normalised, mean ± std) | BC per seed |",
             "|---|---|---|---|---|"]
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> str:
                 result = json.loads(result_file.read_text())
             else:
                 result = bc_main(BCArgs(dataset=dataset_id, seed=seed, num_steps=args.num_steps,
-                                        eval_episodes=args.eval_episodes, out=args.out))
+                                        eval_episodes=args.eval_episodes, out=args.out, device=args.device))
             scores.append(result["normalized_score"])
         card = dataset_card(dataset_id)
         rows.append(f"| {dataset_id} | {card['num_transitions']:,} | {card['normalized_score_mean']:.1f} | "

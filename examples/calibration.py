@@ -30,7 +30,8 @@ from cmbrl import SAC, ConservativeModelEnv, load_dataset
 from cmbrl.components.calibration import (CALIBRATION_PENALTIES, calibration_data, calibration_metrics,
                                           format_calibration_table, morel_halt_threshold, plot_reliability)
 from cmbrl.components.training import (dataset_env_id, default_max_transitions, fit_or_load_ensemble,
-                                       mopo_hyperparameters, parse_dataclass_args)
+                                       load_checkpoint, mopo_hyperparameters, parse_dataclass_args,
+                                       resolve_run_device)
 
 
 @dataclasses.dataclass
@@ -63,6 +64,9 @@ class Args:
     """Output folder."""
     summary: int = 0
     """1: only combine every <out>/*.json of earlier runs into <out>/summary.md (no new run)."""
+    device: str = "auto"
+    """Where the ensemble (its fit, when absent), the policy and the model rollouts run: auto (CUDA when torch sees
+    one, else the CPU), cpu, cuda or cuda:N. The true transitions are MuJoCo's, on the CPU."""
 
 
 def rollout_pairs(ensemble, data, policy, *, horizon, keep_from, num_pairs, termination_fn, seed):
@@ -96,6 +100,7 @@ def summarise(out: Path) -> str:
 
 
 def main(args: Args) -> dict:
+    device = resolve_run_device(args)  # a bad --device fails here, before the data and the fit
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)  # the policy samples its actions from the global generator
     if args.summary:
@@ -106,15 +111,15 @@ def main(args: Args) -> dict:
     dataset, env_id = dataset_env_id(args.dataset)
     data = load_dataset(dataset)
     n = args.max_transitions if args.max_transitions >= 0 else default_max_transitions(data.shape[0])
-    data = data[:n] if n else data
+    data = (data[:n] if n else data).to(device)  # once: the fit, the start states and the samples read it there
     ensemble, _ = fit_or_load_ensemble(args.ensemble_dir, dataset, data, seed=args.ensemble_seed,
-                                       max_epochs=args.ensemble_max_epochs)
+                                       max_epochs=args.ensemble_max_epochs, device=device)
     ensemble.eval()
     horizon, _ = mopo_hyperparameters(dataset)
     termination_fn = env_id.split("-")[0].lower()
     if args.policy:
-        agent = SAC(ensemble.observation_dim, ensemble.action_dim, seed=args.seed)
-        agent.load_state_dict(torch.load(args.policy, weights_only=False)["agent"])
+        agent = SAC(ensemble.observation_dim, ensemble.action_dim, seed=args.seed, device=device)
+        agent.load_state_dict(load_checkpoint(args.policy, device)["agent"])
         policy, policy_name = agent.policy, "/".join(Path(args.policy).parts[-3:])
     else:
         policy, policy_name = None, "uniform random actions"  # TorchRL rollout: random actions from the spec

@@ -23,13 +23,14 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 
 from cmbrl import COMBO, ConservativeModelEnv, load_dataset
-from cmbrl.components.training import (combo_hyperparameters, dataset_env_id, default_max_transitions,
-                                       fit_or_load_ensemble, parse_dataclass_args, train_in_model)
+from cmbrl.components.training import (combo_hyperparameters, compile_setting, dataset_env_id,
+                                       default_max_transitions, fit_or_load_ensemble, learner_kwargs, make_eval_env,
+                                       parse_dataclass_args, resolve_run_device, train_in_model)
 
-RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "device", "compile",
+             "compile_backend", "cudagraphs"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
 METRICS = ("alpha", "entropy", "beta", "cql_gap", "policy_gap", "q_pushdown", "loss_qvalue", "loss_cql",
@@ -100,6 +101,17 @@ class Args:
     """Seed for the model env, COMBO and evaluation (and the ensemble unless --ensemble-seed)."""
     threads: int = 0
     """torch threads (0: torch's default). Use 1 per process when running several seeds side by side."""
+    device: str = "auto"
+    """Where the networks, the dataset, the ensemble and the replay buffers live: auto (CUDA when torch sees one,
+    else the CPU), cpu, cuda or cuda:N. The real evaluation env stays a CPU MuJoCo env (TorchRL moves its tensors)."""
+    compile: int = 0
+    """1: torch.compile the learner's whole update (loss, backward, optimiser steps; TorchRL's SOTA pattern) and the
+    model env's step; the first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code; up to a minute per compile on 2 CPU cores)
+    or aot_eager (no code generation, seconds: what the tests use)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
     out: str = "runs/combo"
     """Output folder."""
     logger: str = "csv"
@@ -119,6 +131,7 @@ def resolve_settings(args: Args) -> Args:
 
 
 def main(args: Args) -> dict:
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before the data and the fit
     args = resolve_settings(args)
     if args.actor_lr_schedule not in ("cosine", "constant"):  # before the ensemble fit, not after it
         raise SystemExit(f"--actor-lr-schedule must be cosine or constant, got {args.actor_lr_schedule!r}")
@@ -132,34 +145,38 @@ def main(args: Args) -> dict:
         args = dataclasses.replace(args, max_transitions=default_max_transitions(data.shape[0]))
     if args.max_transitions:
         data = data[:args.max_transitions]
+    data = data.to(device)  # once: the fit, the start states and the replay buffer read it there
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
     print(f"COMBO on {args.dataset} ({data.shape[0]:,} transitions), eval on {args.env_id}, termination "
           f"{args.termination_fn}, β={args.beta}, h={args.horizon}, real_ratio {args.real_ratio}, ρ {args.rho}, "
-          f"prior {args.prior}, learn_beta {bool(args.learn_beta)}, {args.num_steps:,} steps, seed {args.seed}",
-          flush=True)
+          f"prior {args.prior}, learn_beta {bool(args.learn_beta)}, {args.num_steps:,} steps, seed {args.seed}, on "
+          f"{device}{' (compiled)' if args.compile else ''}", flush=True)
 
     ensemble, fit = fit_or_load_ensemble(args.ensemble_dir or out, args.dataset, data, seed=args.ensemble_seed,
-                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress))
+                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress),
+                                         device=device)
     env = ConservativeModelEnv(ensemble, penalty="none", penalty_coef=0.0, horizon=args.horizon, start_states=data,
-                               batch_size=args.rollout_batch_size, termination_fn=args.termination_fn, seed=args.seed)
-    eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
-    eval_env.set_seed(args.seed)
-    agent = make_agent(args, obs_dim, act_dim)
+                               batch_size=args.rollout_batch_size, termination_fn=args.termination_fn, seed=args.seed,
+                               compile=compile_setting(args))
+    eval_env = make_eval_env(args.env_id, device, seed=args.seed)  # CPU MuJoCo, tensors on the device
+    agent = make_agent(args, obs_dim, act_dim, device)
     return train_in_model(
         args, name="COMBO", agent=agent, env=env, eval_env=eval_env, data=data, fit=fit, resumable=RESUMABLE,
-        keys=KEYS, metric_keys=METRICS, mark_real=True,
+        keys=KEYS, metric_keys=METRICS, mark_real=True, device=device,
         title=f"COMBO on {args.dataset} (β={args.beta}, h={args.horizon}, prior {args.prior}, seed {args.seed})")
 
 
-def make_agent(args: Args, observation_dim: int, action_dim: int) -> COMBO:
-    """The :class:`cmbrl.COMBO` of ``args`` (also rebuilds a checkpoint's agent from its saved ``args``)."""
+def make_agent(args: Args, observation_dim: int, action_dim: int, device: torch.device | str = "cpu") -> COMBO:
+    """The :class:`cmbrl.COMBO` of ``args`` on ``device`` (also rebuilds a checkpoint's agent from its saved
+    ``args``; ``--compile``/``--cudagraphs`` as ``args`` has them, off when it predates them)."""
     try:
         return COMBO(observation_dim, action_dim, hidden_sizes=[int(w) for w in args.hidden_sizes.split(",")],
                      actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr, beta=args.beta,
                      num_action_samples=args.num_action_samples, prior=args.prior,
                      prior_update_interval=args.prior_update_interval, rho=args.rho,
                      deterministic_backup=bool(args.deterministic_backup), learn_beta=bool(args.learn_beta),
-                     beta_threshold=args.beta_threshold, seed=args.seed)
+                     beta_threshold=args.beta_threshold, seed=args.seed,
+                     **learner_kwargs(args, torch.device(device)))
     except ValueError as error:
         raise SystemExit(f"bad COMBO setting: {error}") from error
 

@@ -28,7 +28,8 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC, OptimisticExplorer, ensemble_qvalues
-from cmbrl.components.training import dataset_env_id
+from cmbrl.components.devices import DEVICE_CHOICES
+from cmbrl.components.training import dataset_env_id, load_checkpoint, resolve_run_device
 
 
 def choice_stats(agent: AWAC, observations: torch.Tensor, num_candidates: int = 100, sigma: float = 0.2,
@@ -61,13 +62,17 @@ def main(argv=None) -> dict[str, float]:
     p.add_argument("--sigma", type=float, default=0.2, help="σ (O3F §5.3: 0.2 for locomotion)")
     p.add_argument("--optimism", type=float, default=0.0, help="ω (O3F: 0; 1 in §6.3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help=f"where the agent and the states live: {DEVICE_CHOICES} "
+                   "(auto: CUDA when torch sees one, else the CPU)")
     args = p.parse_args(argv)
+    device = resolve_run_device(args)  # before loading anything
     torch.set_num_threads(1)
-    stage = torch.load(args.agent, weights_only=False)
+    stage = load_checkpoint(args.agent, device)
     if not {"agent", "agent_kwargs", "observation_dim", "action_dim"} <= set(stage):
         raise SystemExit(f"{args.agent}: not an examples/awac.py or examples/finetune.py agent.pt (keys "
                          f"{sorted(stage)})")
-    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"])
+    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"],
+                 device=device)
     agent.load_state_dict(stage["agent"])
     dataset_id, _ = dataset_env_id(args.dataset or stage["args"]["dataset"])
     data = load_dataset(dataset_id)
@@ -75,7 +80,8 @@ def main(argv=None) -> dict[str, float]:
         raise SystemExit(f"{dataset_id} has {data['observation'].shape[-1]}-dim observations; the agent takes "
                          f"{stage['observation_dim']}")
     rows = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.num_states]
-    stats = choice_stats(agent, data["observation"][rows], args.num_candidates, args.sigma, args.optimism, args.seed)
+    stats = choice_stats(agent, data["observation"][rows].to(device), args.num_candidates, args.sigma, args.optimism,
+                         args.seed)
     print(json.dumps({"agent": args.agent, "dataset": dataset_id, "states": len(rows),
                       **{k: round(v, 4) for k, v in stats.items()}}, indent=1))
     return stats

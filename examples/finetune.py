@@ -47,10 +47,13 @@ import awac as offline_example
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC, EXPLORERS, make_explorers
 from cmbrl.components import save_atomic
-from cmbrl.components.training import dataset_env_id, evaluate_policy, parse_dataclass_args
+from cmbrl.components.training import (accumulate_metrics, dataset_env_id, device_record, evaluate_policy,
+                                       learner_kwargs, load_checkpoint, make_eval_env, mean_metrics,
+                                       parse_dataclass_args, resolve_run_device, restore_rng_state, rng_state)
 
 KEYS = offline_example.KEYS
-RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "explorers"}
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "explorers", "device",
+             "compile", "compile_backend", "cudagraphs"}
 OFFLINE_KEYS = ("dataset", "max_transitions", "num_critics", "target_critics", "batch_size", "seed",
                 *offline_example.AGENT_KEYS)
 
@@ -111,6 +114,18 @@ class Args:
     """Seed of the networks, samplers and envs (the same for every explorer)."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+    device: str = "auto"
+    """Where the networks, the dataset and the replay buffer live: auto (CUDA when torch sees one, else the CPU),
+    cpu, cuda or cuda:N. The real envs stay CPU MuJoCo envs: the collector moves frames to the policy's device
+    (``Collector(env_device="cpu", policy_device=device, storing_device=device)``)."""
+    compile: int = 0
+    """1: torch.compile the learner's whole update (loss, backward, optimiser steps; TorchRL's SOTA pattern); the
+    first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code; up to a minute per compile on 2 CPU cores)
+    or aot_eager (no code generation, seconds: what the tests use)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
     out: str = "runs/finetune"
     """Output folder."""
     logger: str = "csv"
@@ -128,62 +143,67 @@ def normalized(meta, returns) -> float:
     return 100 * float(np.mean(minari.get_normalized_score(meta, np.asarray(returns, dtype=float))))
 
 
-def offline_phase(args: Args, data, out: Path) -> dict:
-    """Trains (or resumes) AWAC on the dataset in ``out``; returns an ``agent.pt`` dict (examples/awac.py's format)."""
+def offline_phase(args: Args, data, out: Path, device: torch.device) -> dict:
+    """Trains (or resumes) AWAC on the dataset (on ``device``) in ``out``; returns an ``agent.pt`` dict
+    (examples/awac.py's format)."""
     out.mkdir(parents=True, exist_ok=True)
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
-    agent = AWAC(obs_dim, act_dim, seed=args.seed, **agent_kwargs(args))
+    agent = AWAC(obs_dim, act_dim, seed=args.seed, **agent_kwargs(args), **learner_kwargs(args, device))
     settings = {key: getattr(args, key) for key in OFFLINE_KEYS}
     step, ckpt_path = 0, out / "checkpoint.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)  # a checkpoint written on CUDA resumes on the CPU
         if ckpt["settings"] != settings or ckpt["step"] > args.offline_steps:
             raise SystemExit(f"{ckpt_path} was made with other settings ({ckpt['settings']}, {ckpt['step']} steps)")
         agent.load_state_dict(ckpt["agent"])
         step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"])
-    buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]), batch_size=args.batch_size)
+        restore_rng_state(ckpt, device)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0], device=device), batch_size=args.batch_size)
     buffer.extend(data.select(*KEYS))
     for step in tqdm.trange(step, args.offline_steps, desc="offline AWAC", disable=not args.progress, mininterval=5):
-        agent.update(buffer.sample())
+        agent.update(buffer.sample(), sync=False)  # no host sync per step
         if (step + 1) % 5_000 == 0 and step + 1 < args.offline_steps:
             save_atomic({"agent": agent.state_dict(), "step": step + 1, "settings": settings,
-                         "rng": torch.get_rng_state()}, ckpt_path)
+                         **rng_state(device)}, ckpt_path)
     stage = {"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
              "action_dim": act_dim, "args": dataclasses.asdict(args)}
-    save_atomic({**stage, "step": args.offline_steps, "settings": settings, "rng": torch.get_rng_state()}, ckpt_path)
+    save_atomic({**stage, "step": args.offline_steps, "settings": settings, **rng_state(device)}, ckpt_path)
     save_atomic(stage, out / "agent.pt")
     return stage
 
 
-def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -> dict:
-    """Fine-tunes a copy of the offline agent online with one explorer; resumable; returns the result dict."""
+def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path, device: torch.device) -> dict:
+    """Fine-tunes a copy of the offline agent online (on ``device``) with one explorer; resumable; returns the result
+    dict."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)  # every explorer starts from the same random state
-    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"])
+    if device.type == "cuda":
+        torch.cuda.manual_seed(args.seed)
+    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"],
+                 **learner_kwargs(args, device))
     agent.load_state_dict(stage["agent"])
     names = list(dict.fromkeys([explorer_name, args.switch_to or explorer_name]))
     explorer = make_explorers(agent.policy, agent, names, active=explorer_name, sigma=args.sigma,
                               num_candidates=args.num_candidates, optimism=args.optimism)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0] + args.num_steps), batch_size=args.batch_size)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0] + args.num_steps, device=device),
+                          batch_size=args.batch_size)
     buffer.extend(data.select(*KEYS))
     step, history, episodes, wall = 0, [], [], 0.0
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)  # a checkpoint written on CUDA resumes on the CPU
         offline_example.check_resume(ckpt["args"], args, dataclasses.asdict(Args()), RESUMABLE, ckpt_path)
         agent.load_state_dict(ckpt["agent"])
         step, history, episodes, wall = ckpt["step"], ckpt["history"], ckpt["episodes"], ckpt["wall_time_s"]
         if ckpt["online"] is not None:
             buffer.extend(ckpt["online"])
-        torch.set_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt, device)
     meta = minari.load_dataset(args.dataset)
-    env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
+    env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # CPU MuJoCo; the collector moves its frames
     env.set_seed(args.seed + step)  # a resumed run does not replay the first run's episodes
-    eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())
-    eval_env.set_seed(args.seed + 10_000 + step)
+    eval_env = make_eval_env(args.env_id, device, seed=args.seed + 10_000 + step)  # CPU MuJoCo, tensors on device
     logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"finetune_seed{args.seed}")
-    started, window = time.time() - wall, {"gain": [], "metrics": []}
+    started, window = time.time() - wall, {"gain": [], "metrics": {}, "updates": 0}
 
     def evaluate():
         returns = evaluate_policy(eval_env, agent.policy, args.eval_episodes)  # the policy, no explorer
@@ -192,10 +212,10 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
         point = {"step": step, "return": float(np.mean(returns)), "normalized_score": normalized(meta, returns),
                  "explorer": explorer.active, "online_normalized_score": float(np.mean(recent)) if recent else None,
                  "explorer_gain": float(np.mean(gain)) if gain else None,  # f(chosen) - f(policy's own action)
-                 **({k: float(np.mean([m[k] for m in window["metrics"]])) for k in AWAC.METRICS}
-                    if window["metrics"] else {})}
+                 **(mean_metrics({k: window["metrics"][k] for k in AWAC.METRICS}, window["updates"])
+                    if window["updates"] else {})}
         history.append(point)
-        window["gain"], window["metrics"] = [], []
+        window["gain"], window["metrics"], window["updates"] = [], {}, 0
         for key, value in point.items():
             if isinstance(value, float):
                 logger.log_scalar(key, value, step=step)
@@ -203,7 +223,7 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
         online = buffer.storage.get(torch.arange(data.shape[0], len(buffer))) if len(buffer) > data.shape[0] else None
         save_atomic({"agent": agent.state_dict(), "step": step, "history": history, "episodes": episodes,
-                     "online": online, "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                     "online": online, **rng_state(device), "args": dataclasses.asdict(args),
                      "wall_time_s": time.time() - started}, ckpt_path)
 
     if not history:
@@ -212,6 +232,7 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
         explorer.use(args.switch_to)
     if step < args.num_steps:
         collector = Collector(env, explorer, frames_per_batch=1, total_frames=args.num_steps - step,
+                              env_device=torch.device("cpu"), policy_device=device, storing_device=device,
                               auto_register_policy_transforms=False)  # the actor needs no InitTracker
         bar = tqdm.tqdm(total=args.num_steps, initial=step, desc=f"online {explorer_name}", disable=not args.progress,
                         mininterval=5)
@@ -227,8 +248,9 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
                                  "normalized_score": normalized(meta, [episode_return])})
                 logger.log_scalar("episode_normalized_score", episodes[-1]["normalized_score"], step=step)
                 episode_return = 0.0
-            for _ in range(args.utd):  # Algorithm 1 line 7: the offline update rule, unchanged
-                window["metrics"].append(agent.update(buffer.sample()))
+            for _ in range(args.utd):  # Algorithm 1 line 7: the offline update rule, unchanged; no host sync
+                accumulate_metrics(window["metrics"], agent.update(buffer.sample(), sync=False))
+                window["updates"] += 1
             if step == args.switch_explorer_at and args.switch_to:
                 collector.policy.use(args.switch_to)  # the swap: the next frame is taken by the new explorer
             bar.update()
@@ -238,7 +260,8 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path) -
         collector.shutdown()
         bar.close()
     result = {"normalized_score": history[-1]["normalized_score"], "history": history, "episodes": episodes,
-              "explorer": explorer_name, "args": dataclasses.asdict(args), "wall_time_s": time.time() - started}
+              "explorer": explorer_name, "args": dataclasses.asdict(args), "wall_time_s": time.time() - started,
+              **device_record(device)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -274,6 +297,7 @@ def plot_runs(path: Path, runs: dict[str, dict], args: Args, num_critics: int) -
 
 
 def main(args: Args) -> dict:
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before the data
     dataset_id, env_id = dataset_env_id(args.dataset, args.env_id)
     args = dataclasses.replace(args, dataset=dataset_id, env_id=env_id)
     names = [n for n in args.explorers.replace(",", " ").split() if n]
@@ -290,19 +314,21 @@ def main(args: Args) -> dict:
     data = load_dataset(args.dataset, progress=bool(args.progress))
     if args.max_transitions:
         data = data[:args.max_transitions]
-    stage = (torch.load(args.offline_checkpoint, weights_only=False) if args.offline_checkpoint
-             else offline_phase(args, data, out / "offline"))
+    data = data.to(device)  # once: the replay buffers read it there
+    stage = (load_checkpoint(args.offline_checkpoint, device) if args.offline_checkpoint
+             else offline_phase(args, data, out / "offline", device))
     num_critics = stage["agent_kwargs"].get("num_qvalue_nets", 2)  # the loaded agent's, not --num-critics
     print(f"fine-tuning on {args.env_id} from {args.offline_checkpoint or out / 'offline'} "
           f"({num_critics} critics), explorers {names}, {args.num_steps:,} "
-          f"steps at UTD {args.utd}, seed {args.seed}", flush=True)
-    runs = {name: online_phase(args, stage, data, name, out if len(names) == 1 else out / name) for name in names}
+          f"steps at UTD {args.utd}, seed {args.seed}, on {device}", flush=True)
+    runs = {name: online_phase(args, stage, data, name, out if len(names) == 1 else out / name, device)
+            for name in names}
     plot_runs(out / f"online_curves_seed{args.seed}.png", runs, args, num_critics)
     if len(names) == 1:
         return runs[names[0]]
     first = runs[names[0]]
     result = {"normalized_score": first["normalized_score"], "history": first["history"], "runs": runs,
-              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started}
+              "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, **device_record(device)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

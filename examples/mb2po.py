@@ -46,18 +46,21 @@ import numpy as np
 import torch
 import tqdm
 from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
-from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.record.loggers import get_logger
 
 import awac as stage_one
 from cmbrl import ConservativeModelEnv, load_dataset
 from cmbrl.agents import AWAC
 from cmbrl.components import save_atomic
-from cmbrl.components.training import (critic_values, default_max_transitions, evaluate_policy, fit_or_load_ensemble,
-                                       make_q_probe, negative_reward_warning, parse_dataclass_args,
-                                       plot_learning_curve, resolve_model_settings, rollout_stats)
+from cmbrl.components.training import (accumulate_metrics, compile_setting, critic_values, default_max_transitions,
+                                       device_record, evaluate_policy, fit_or_load_ensemble, learner_kwargs,
+                                       load_checkpoint, make_eval_env, make_q_probe, mean_metrics,
+                                       negative_reward_warning, parse_dataclass_args, plot_learning_curve,
+                                       resolve_model_settings, resolve_run_device, restore_rng_state, rng_state,
+                                       rollout_stats)
 
-RESUMABLE = {"iterations", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "awac_out"}
+RESUMABLE = {"iterations", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "awac_out", "device",
+             "compile", "compile_backend", "cudagraphs"}
 KEYS = stage_one.KEYS
 
 
@@ -121,6 +124,18 @@ class Args:
     """Seed of the model env, stage one and the evaluation env."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+    device: str = "auto"
+    """Where the networks, the dataset, the ensemble and the replay buffers live (stage one too, when trained here):
+    auto (CUDA when torch sees one, else the CPU), cpu, cuda or cuda:N. The real evaluation env stays a CPU MuJoCo
+    env (TorchRL moves its tensors)."""
+    compile: int = 0
+    """1: torch.compile the learner's whole update (loss, backward, optimiser steps; TorchRL's SOTA pattern) and the
+    model env's step (stage one too, when trained here); the first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code; up to a minute per compile on 2 CPU cores)
+    or aot_eager (no code generation, seconds: what the tests use)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
     out: str = "runs/mb2po"
     """Output folder."""
     logger: str = "csv"
@@ -135,32 +150,36 @@ def resolve_settings(args: Args) -> Args:
     return dataclasses.replace(args, awac_out=args.awac_out or str(Path(args.out) / "awac"))
 
 
-def make_model_buffer(transitions_per_iteration: int, num_retained_iterations: int) -> ReplayBuffer:
+def make_model_buffer(transitions_per_iteration: int, num_retained_iterations: int,
+                      device: torch.device | str = "cpu") -> ReplayBuffer:
     """TorchRL ring buffer that holds exactly the last ``num_retained_iterations`` iterations' transitions.
 
     Holds when every iteration extends it by exactly ``transitions_per_iteration`` rows (the rollouts here are
     ``rollout_batch_size × horizon`` rows, done rows included), since ``LazyTensorStorage`` overwrites the oldest
-    rows first.
+    rows first. The storage lives on ``device`` (the learner's), so sampled batches never cross PCIe.
     """
     if transitions_per_iteration < 1 or num_retained_iterations < 1:
         raise ValueError(f"need transitions_per_iteration and num_retained_iterations >= 1, got "
                          f"{transitions_per_iteration}, {num_retained_iterations}")
-    return ReplayBuffer(storage=LazyTensorStorage(transitions_per_iteration * num_retained_iterations))
+    return ReplayBuffer(storage=LazyTensorStorage(transitions_per_iteration * num_retained_iterations, device=device))
 
 
-def load_stage_one(args: Args) -> tuple[dict, Path]:
-    """Loads ``<awac_out>/agent.pt``, training stage one with examples/awac.py there first if it is missing."""
+def load_stage_one(args: Args, device: torch.device | str = "cpu") -> tuple[dict, Path]:
+    """Loads ``<awac_out>/agent.pt`` to ``device`` (``map_location``), training stage one with examples/awac.py
+    there first (on the same device, compiled alike) if it is missing."""
     awac_out = Path(args.awac_out)
     if not (awac_out / "agent.pt").exists():
         print(f"stage one: no {awac_out / 'agent.pt'}; training AWAC there", flush=True)
         stage_one.main(stage_one.Args(
             dataset=args.dataset, env_id=args.env_id, num_steps=args.awac_steps, seed=args.seed,
             threads=args.threads, out=str(awac_out), logger=args.logger, progress=args.progress,
-            eval_episodes=args.eval_episodes, **stage_one.agent_kwargs(args)))
-    return torch.load(awac_out / "agent.pt", weights_only=False), awac_out
+            eval_episodes=args.eval_episodes, device=args.device, compile=args.compile,
+            compile_backend=args.compile_backend, cudagraphs=args.cudagraphs, **stage_one.agent_kwargs(args)))
+    return load_checkpoint(awac_out / "agent.pt", device), awac_out
 
 
 def main(args: Args) -> dict:
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before stage one and the data
     args = resolve_settings(args)
     if not 0.0 < args.real_ratio < 1.0:
         raise SystemExit(f"--real-ratio (ω) must be in (0, 1) (TorchRL's OfflineToOnlineReplayBuffer), "
@@ -171,34 +190,37 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stage, awac_out = load_stage_one(args)
+    stage, awac_out = load_stage_one(args, device)
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset, progress=bool(args.progress))
     if args.max_transitions < 0:
         args = dataclasses.replace(args, max_transitions=default_max_transitions(data.shape[0]))
     if args.max_transitions:
         data = data[:args.max_transitions]
+    data = data.to(device)  # once: the fit, the start states, the replay buffer and the Q probe read it there
     print(f"MB2PO on {args.dataset} ({data.shape[0]:,} transitions) from {awac_out / 'agent.pt'}, "
           f"penalty {args.penalty} λ={args.penalty_coef}, h={args.horizon}, ω={args.real_ratio}, "
           f"{args.iterations} iterations × {args.updates_per_iteration} updates, "
-          f"{args.rollout_batch_size:,} rollouts per iteration, n={args.num_retained_iterations}, seed {args.seed}",
+          f"{args.rollout_batch_size:,} rollouts per iteration, n={args.num_retained_iterations}, seed {args.seed}, "
+          f"on {device}{' (compiled)' if args.compile else ''}",
           flush=True)
 
     ensemble, fit = fit_or_load_ensemble(args.ensemble_dir or out, args.dataset, data, seed=args.ensemble_seed,
-                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress))
+                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress),
+                                         device=device)
     env = ConservativeModelEnv(ensemble, penalty=args.penalty, penalty_coef=args.penalty_coef, horizon=args.horizon,
                                start_states=data, batch_size=args.rollout_batch_size,
-                               termination_fn=args.termination_fn, seed=args.seed)
-    eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())
-    eval_env.set_seed(args.seed)
-    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"])
+                               termination_fn=args.termination_fn, seed=args.seed, compile=compile_setting(args))
+    eval_env = make_eval_env(args.env_id, device, seed=args.seed)  # CPU MuJoCo, tensors on the device
+    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"],
+                 **learner_kwargs(args, device))
     agent.load_state_dict(stage["agent"])
     probe = make_q_probe(data, gamma=0.99)
 
-    real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0]))
+    real = ReplayBuffer(storage=LazyTensorStorage(data.shape[0], device=device))
     real.extend(data.select(*KEYS))
     per_iteration = args.rollout_batch_size * args.horizon
-    model_buffer = make_model_buffer(per_iteration, args.num_retained_iterations)
+    model_buffer = make_model_buffer(per_iteration, args.num_retained_iterations, device)
     buffer = OfflineToOnlineReplayBuffer(real, online_storage=model_buffer.storage,
                                          offline_fraction=args.real_ratio, batch_size=args.batch_size)
 
@@ -216,11 +238,11 @@ def main(args: Args) -> dict:
     iteration, history, wall = 0, [], 0.0
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():  # resume; the model buffer is refilled by the next iteration's rollout
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)  # a checkpoint written on CUDA resumes on the CPU
         stage_one.check_resume(ckpt["args"], args, dataclasses.asdict(Args()), RESUMABLE, ckpt_path)
         agent.load_state_dict(ckpt["agent"])
         iteration, history, wall = ckpt["iteration"], ckpt["history"], ckpt["wall_time_s"]
-        torch.set_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt, device)
         env.set_seed(args.seed + iteration)
     else:
         history.append(evaluation(0, {}, {}))  # the AWAC policy MB2PO starts from
@@ -236,11 +258,10 @@ def main(args: Args) -> dict:
         if iteration == first_iteration and (warning := negative_reward_warning(
                 model_stats, getattr(env, "termination_fn", None) is not None)) is not None:
             warnings.warn(warning, stacklevel=1)
-        sums: dict[str, float] = {}
+        sums: dict = {}  # detached tensors: no host sync per update, one per metric at the iteration's end
         for _ in range(args.updates_per_iteration):
-            for key, value in agent.update(buffer.sample()).items():
-                sums[key] = sums.get(key, 0.0) + value
-        metrics = {key: value / args.updates_per_iteration for key, value in sums.items()}
+            accumulate_metrics(sums, agent.update(buffer.sample(), sync=False))
+        metrics = mean_metrics(sums, args.updates_per_iteration)
         iteration += 1
         step = iteration * args.updates_per_iteration
         for key, value in {**model_stats, **metrics}.items():
@@ -255,7 +276,7 @@ def main(args: Args) -> dict:
             if not args.progress:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
             save_atomic({"agent": agent.state_dict(), "iteration": iteration, "history": history,
-                         "rng": torch.get_rng_state(), "args": dataclasses.asdict(args),
+                         **rng_state(device), "args": dataclasses.asdict(args),
                          "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
@@ -263,7 +284,7 @@ def main(args: Args) -> dict:
                         f"seed {args.seed})", references={"AWAC (start)": history[0]["normalized_score"]})
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
               "awac_normalized_score": history[0]["normalized_score"], "args": dataclasses.asdict(args),
-              "wall_time_s": time.time() - started, "ensemble_fit": fit}
+              "wall_time_s": time.time() - started, "ensemble_fit": fit, **device_record(device)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
     return result

@@ -25,13 +25,14 @@ import math
 from pathlib import Path
 
 import torch
-from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 
 from cmbrl import SAC, ConservativeModelEnv, load_dataset
-from cmbrl.components.training import (default_max_transitions, fit_or_load_ensemble, parse_dataclass_args,
-                                       resolve_model_settings, train_in_model)
+from cmbrl.components.training import (compile_setting, default_max_transitions, fit_or_load_ensemble,
+                                       learner_kwargs, make_eval_env, parse_dataclass_args, resolve_model_settings,
+                                       resolve_run_device, train_in_model)
 
-RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress"}  # may change on resume
+RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "device", "compile",
+             "compile_backend", "cudagraphs"}  # may change on resume
 KEYS = ["observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
         ("next", "done")]
 
@@ -97,6 +98,17 @@ class Args:
     """Seed for the model env, SAC and evaluation (and the ensemble unless --ensemble-seed)."""
     threads: int = 0
     """torch threads (0: torch's default). Use 1 per process when running several seeds side by side."""
+    device: str = "auto"
+    """Where the networks, the dataset, the ensemble and the replay buffers live: auto (CUDA when torch sees one,
+    else the CPU), cpu, cuda or cuda:N. The real evaluation env stays a CPU MuJoCo env (TorchRL moves its tensors)."""
+    compile: int = 0
+    """1: torch.compile the learner's whole update (loss, backward, optimiser steps; TorchRL's SOTA pattern) and the
+    model env's step; the first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code; up to a minute per compile on 2 CPU cores)
+    or aot_eager (no code generation, seconds: what the tests use)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
     out: str = "runs/mopo"
     """Output folder."""
     logger: str = "csv"
@@ -124,6 +136,7 @@ def parse_target_entropy(value: str) -> str | float:
 
 
 def main(args: Args) -> dict:
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before the data and the fit
     args = resolve_settings(args)
     if args.actor_lr_schedule not in ("cosine", "constant"):
         raise SystemExit(f"--actor-lr-schedule must be cosine or constant, got {args.actor_lr_schedule!r}")
@@ -138,24 +151,28 @@ def main(args: Args) -> dict:
         args = dataclasses.replace(args, max_transitions=default_max_transitions(data.shape[0]))
     if args.max_transitions:
         data = data[:args.max_transitions]
+    data = data.to(device)  # once: the fit, the start states and the replay buffer read it there
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
     print(f"MOPO on {args.dataset} ({data.shape[0]:,} transitions), eval on {args.env_id}, termination "
           f"{args.termination_fn}, penalty {args.penalty} over {args.penalty_members} members, λ={args.penalty_coef}, "
-          f"h={args.horizon}, {args.num_steps:,} steps, seed {args.seed}", flush=True)
+          f"h={args.horizon}, {args.num_steps:,} steps, seed {args.seed}, on {device}"
+          f"{' (compiled)' if args.compile else ''}", flush=True)
 
     ensemble, fit = fit_or_load_ensemble(args.ensemble_dir or out, args.dataset, data, seed=args.ensemble_seed,
-                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress))
+                                         max_epochs=args.ensemble_max_epochs, progress=bool(args.progress),
+                                         device=device)
     env = ConservativeModelEnv(ensemble, penalty=args.penalty, penalty_coef=args.penalty_coef, horizon=args.horizon,
                                start_states=data, batch_size=args.rollout_batch_size,
                                termination_fn=args.termination_fn, penalty_members=args.penalty_members,
-                               clip_observations=bool(args.clip_observations), seed=args.seed)
-    eval_env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # MuJoCo observations are float64
-    eval_env.set_seed(args.seed)
+                               clip_observations=bool(args.clip_observations), seed=args.seed,
+                               compile=compile_setting(args))
+    eval_env = make_eval_env(args.env_id, device, seed=args.seed)  # CPU MuJoCo, tensors on the device
     agent = SAC(obs_dim, act_dim, actor_lr=args.actor_lr, critic_lr=args.critic_lr, alpha_lr=args.alpha_lr,
-                target_entropy=target_entropy, seed=args.seed)
+                target_entropy=target_entropy, seed=args.seed, **learner_kwargs(args, device))
     return train_in_model(
         args, name="MOPO", agent=agent, env=env, eval_env=eval_env, data=data, fit=fit, resumable=RESUMABLE,
         keys=KEYS, metric_keys=("alpha", "entropy", "loss_qvalue", "loss_actor"), penalty_coef=args.penalty_coef,
+        device=device,
         title=f"MOPO on {args.dataset} ({args.penalty}, λ={args.penalty_coef}, h={args.horizon}, seed {args.seed})")
 
 

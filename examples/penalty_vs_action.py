@@ -18,7 +18,9 @@ import torch
 
 from cmbrl import DynamicsEnsemble, load_dataset
 from cmbrl.components.datasets import resolve_dataset_id
+from cmbrl.components.devices import DEVICE_CHOICES
 from cmbrl.components.penalties import PENALTIES
+from cmbrl.components.training import resolve_run_device
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,15 +32,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--penalty-coef", type=float, default=1.0, help="λ, to express λ·u next to the reward")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="")
+    parser.add_argument("--device", default="auto", help=f"where the ensemble runs: {DEVICE_CHOICES} (auto: CUDA "
+                        "when torch sees one, else the CPU)")
     args = parser.parse_args(argv)
+    device = resolve_run_device(args)  # before loading anything
 
     data = load_dataset(resolve_dataset_id(args.dataset))
     if args.max_transitions:
         data = data[:args.max_transitions]
-    ensemble = DynamicsEnsemble.load(args.ensemble).eval()
+    ensemble = DynamicsEnsemble.load(args.ensemble, map_location=device).eval()
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randint(data.shape[0], (args.num_states,), generator=gen)
-    obs, act = data["observation"][idx], data["action"][idx]
+    obs, act = data["observation"][idx], data["action"][idx]  # the same draws on every device
     actions = {
         "data action": act,
         "uniform random": torch.rand(act.shape, generator=gen) * 2 - 1,
@@ -46,19 +51,20 @@ def main(argv: list[str] | None = None) -> dict:
         "all +1": torch.ones_like(act),
         "all -1": -torch.ones_like(act),
     }
+    obs, actions = obs.to(device), {label: a.to(device) for label, a in actions.items()}  # once, to the ensemble
     members = ensemble.elite_indices[torch.randint(ensemble.num_elites, (obs.shape[0],), generator=gen)]
     rows, results = [], {}
     names = ["max_aleatoric", "max_pairwise_diff", "max_center_distance", "ensemble_std", "individual_std", "combined"]
     with torch.no_grad():
         for label, a in actions.items():
             mean, std = ensemble(obs, a, members="all")
-            reward = mean[members, torch.arange(obs.shape[0]), -1]
+            reward = mean[members, torch.arange(obs.shape[0], device=device), -1]
             entry = {"model_reward": reward.mean().item()}
             for name in names:
                 entry[name] = PENALTIES[name](mean, std, members).mean().item()
             # share of max_aleatoric's squared norm coming from each output dimension (of the max member)
             norms = std.norm(dim=-1)
-            top = std[norms.argmax(0), torch.arange(obs.shape[0])].pow(2)
+            top = std[norms.argmax(0), torch.arange(obs.shape[0], device=device)].pow(2)
             share = (top / top.sum(-1, keepdim=True)).mean(0)
             entry["dominant_dims"] = {int(d): round(share[d].item(), 3) for d in share.argsort(descending=True)[:3]}
             results[label] = entry

@@ -39,7 +39,8 @@ from tensordict import TensorDict
 from cmbrl import SAC, DynamicsEnsemble, load_dataset
 from cmbrl.components.calibration import CALIBRATION_ENVS
 from cmbrl.components.penalties import get_penalty
-from cmbrl.components.training import critic_values, dataset_env_id, discounted_returns_to_go, parse_dataclass_args
+from cmbrl.components.training import (critic_values, dataset_env_id, discounted_returns_to_go, load_checkpoint,
+                                       parse_dataclass_args, resolve_run_device)
 
 sys.path.insert(0, str(Path(__file__).parent))  # the other examples (combo.py), as bc_table.py does
 
@@ -73,6 +74,9 @@ class Args:
     """Seeds the episodes (reset seeds seed, seed+1, ...) and the dataset sample."""
     json: str = ""
     """Write the numbers here too."""
+    device: str = "auto"
+    """Where the policy, its critics and the ensemble run: auto (CUDA when torch sees one, else the CPU), cpu, cuda
+    or cuda:N. The episodes are MuJoCo's, on the CPU; each episode's states go to the device once."""
 
 
 def model_view(ensemble: DynamicsEnsemble, penalty, observation: torch.Tensor, action: torch.Tensor,
@@ -97,17 +101,18 @@ def table_row(label: str, entry: dict, penalty_coef: float) -> str:
             f"{cell('u')} | {cell('next_state_error')} | {cell('saturated')} |")
 
 
-def load_agent(path: str, observation_dim: int, action_dim: int, seed: int):
-    """The agent of a checkpoint: COMBO (``examples/combo.py``, rebuilt from the ``args`` it saved) or SAC."""
-    checkpoint = torch.load(path, weights_only=False)
+def load_agent(path: str, observation_dim: int, action_dim: int, seed: int, device: torch.device | str = "cpu"):
+    """The agent of a checkpoint on ``device`` (``map_location``): COMBO (``examples/combo.py``, rebuilt from the
+    ``args`` it saved, uncompiled) or SAC."""
+    checkpoint = load_checkpoint(path, device)
     saved = checkpoint.get("args") or {}
     if "beta" in saved:  # examples/combo.py's Args; its networks may differ from SAC's defaults
         import combo  # examples/combo.py, next to this file
         names = {field.name for field in dataclasses.fields(combo.Args)}
-        agent = combo.make_agent(combo.Args(**{k: v for k, v in saved.items() if k in names}),
-                                 observation_dim, action_dim)
+        saved = {**{k: v for k, v in saved.items() if k in names}, "compile": 0, "cudagraphs": 0}  # no training here
+        agent = combo.make_agent(combo.Args(**saved), observation_dim, action_dim, device)
     else:
-        agent = SAC(observation_dim, action_dim, seed=seed)
+        agent = SAC(observation_dim, action_dim, seed=seed, device=device)
     agent.load_state_dict(checkpoint["agent"])
     return agent
 
@@ -136,15 +141,16 @@ def main(args: Args) -> dict:
                          f"ensemble={args.ensemble!r}")
     if args.episodes < 1 or args.max_steps < 1:
         raise SystemExit(f"--episodes and --max-steps must be >= 1, got {args.episodes} and {args.max_steps}")
+    device = resolve_run_device(args)  # before loading anything
     dataset, env_id = dataset_env_id(args.dataset, args.env_id)
-    ensemble = DynamicsEnsemble.load(args.ensemble).eval()
+    ensemble = DynamicsEnsemble.load(args.ensemble, map_location=device).eval()
     penalty = get_penalty(args.penalty)
     env = gym.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if (obs_dim, act_dim) != (ensemble.observation_dim, ensemble.action_dim):
         raise SystemExit(f"the ensemble is for (O, A) = ({ensemble.observation_dim}, {ensemble.action_dim}), "
                          f"{env_id} has ({obs_dim}, {act_dim})")
-    agent = load_agent(args.policy, obs_dim, act_dim, args.seed)
+    agent = load_agent(args.policy, obs_dim, act_dim, args.seed, device)
     velocity_index = args.velocity_index
     if velocity_index == -2:  # qvel[0] follows the nq - 1 entries of qpos[1:]
         velocity_index = env.unwrapped.model.nq - 1 if env_id in CALIBRATION_ENVS else -1
@@ -162,7 +168,7 @@ def main(args: Args) -> dict:
         observation, _ = env.reset(seed=args.seed + episode)
         states, actions, rewards, next_states, terminated = [], [], [], [], False
         for _ in range(args.max_steps):
-            action = act(torch.as_tensor(observation, dtype=torch.float32)[None])[0].numpy()
+            action = act(torch.as_tensor(observation, dtype=torch.float32, device=device)[None])[0].cpu().numpy()
             states.append(observation)
             actions.append(action)
             observation, reward, terminated, truncated, _ = env.step(action)
@@ -170,7 +176,7 @@ def main(args: Args) -> dict:
             next_states.append(observation)
             if terminated or truncated:
                 break
-        s, a, r, s2 = (torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        s, a, r, s2 = (torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
                        for x in (states, actions, rewards, next_states))
         view = model_view(ensemble, penalty, s, a, gen)
         entry = {"steps": len(rewards), "return": float(r.sum()), "real_reward": float(r.mean()),
@@ -185,7 +191,7 @@ def main(args: Args) -> dict:
         results["episodes"].append(entry)
         lines.append(table_row(f"episode {episode} (return {entry['return']:.0f})", entry, args.penalty_coef))
 
-    data = load_dataset(dataset)
+    data = load_dataset(dataset).to(device)
     idx = torch.randperm(data.shape[0], generator=gen)[:args.num_pairs]
     s, a = data["observation"][idx], data["action"][idx]
     view = model_view(ensemble, penalty, s, a, gen)

@@ -28,6 +28,8 @@ from torchrl.record import CSVLogger
 
 from cmbrl import SAC
 from cmbrl.components import save_atomic
+from cmbrl.components.training import (learner_kwargs, load_checkpoint, make_eval_env, resolve_run_device,
+                                       restore_rng_state, rng_state)
 
 
 @dataclasses.dataclass
@@ -54,6 +56,16 @@ class Args:
     """torch threads (small networks gain little from more)."""
     out: str = "runs/behavior/hopper"
     """Output folder: checkpoint.pt, policies/, logs."""
+    device: str = "auto"
+    """Where the networks and the replay buffer live: auto (CUDA when torch sees one, else the CPU), cpu, cuda or
+    cuda:N. The MuJoCo envs stay on the CPU; the collector moves frames to the policy's device. Policy snapshots are
+    saved on the CPU."""
+    compile: int = 0
+    """1: torch.compile SAC's whole update (TorchRL's SOTA pattern); the first steps pay the compile."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with --compile 1: inductor (generates code) or aot_eager (no code generation)."""
+    cudagraphs: int = 0
+    """1: replay the (compiled) update as a CUDA graph (CUDA only: refused with --device cpu)."""
 
 
 def make_env(env_id: str, seed: int) -> TransformedEnv:
@@ -72,26 +84,28 @@ def evaluate(env, policy, episodes: int) -> float:
 
 
 def main(args: Args) -> None:
+    device = resolve_run_device(args)  # a bad --device / --cudagraphs fails here, before anything runs
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     (out / "policies").mkdir(parents=True, exist_ok=True)
-    env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000)
+    env = make_env(args.env_id, args.seed)  # CPU: the collector moves its frames to the policy's device
+    eval_env = make_eval_env(args.env_id, device, seed=args.seed + 10_000)
     obs_dim = env.observation_spec["observation"].shape[-1]
     act_dim = env.action_spec.shape[-1]
     # the shipped behaviour policies were trained with SAC's earlier head (biased softplus scale, α unbounded), which
     # cmbrl.components.datasets.load_policy rebuilds: keep it so new runs export policies the loader reads right
     agent = SAC(obs_dim, act_dim, action_low=env.action_spec.space.low, action_high=env.action_spec.space.high,
-                log_std_min=None, log_std_max=None, max_alpha=None, seed=args.seed)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(args.buffer_size), batch_size=args.batch_size)
+                log_std_min=None, log_std_max=None, max_alpha=None, seed=args.seed, **learner_kwargs(args, device))
+    buffer = ReplayBuffer(storage=LazyTensorStorage(args.buffer_size, device=device), batch_size=args.batch_size)
     frames, elapsed, history = 0, 0.0, []
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():  # resume
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)  # a checkpoint written on CUDA resumes on the CPU
         agent.load_state_dict(ckpt["agent"])
         buffer.loads(out / "buffer")
         frames, elapsed, history = ckpt["frames"], ckpt["elapsed"], ckpt["history"]
-        torch.set_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt, device)
         print(f"resumed at {frames} frames")
     if frames >= args.total_frames:
         print("already done")
@@ -99,6 +113,7 @@ def main(args: Args) -> None:
     collector = Collector(
         env, agent.policy, frames_per_batch=args.frames_per_batch, total_frames=args.total_frames - frames,
         init_random_frames=max(args.init_random_frames - frames, 0), auto_register_policy_transforms=False,
+        env_device=torch.device("cpu"), policy_device=device, storing_device=device,
     )
     logger = CSVLogger(exp_name="sac", log_dir=str(out / "logs"))
     start = time.time() - elapsed
@@ -109,19 +124,20 @@ def main(args: Args) -> None:
         bar.update(data.numel())
         if frames >= args.init_random_frames:
             for _ in range(data.numel()):
-                metrics = agent.update(buffer.sample())
+                agent.update(buffer.sample(), sync=False)  # no host sync per step
         if frames % args.eval_every == 0 or frames >= args.total_frames:
             ret = evaluate(eval_env, agent.policy, args.eval_episodes)
             history.append({"frames": frames, "eval_return": ret, "wall_time_s": time.time() - start})
             logger.log_scalar("eval_return", ret, step=frames)
             bar.set_postfix(eval_return=f"{ret:.0f}")
-            save_atomic({"actor": agent.policy.state_dict(), "frames": frames, "eval_return": ret,
+            actor = {key: value.cpu() for key, value in agent.policy.state_dict().items()}  # loads on any machine
+            save_atomic({"actor": actor, "frames": frames, "eval_return": ret,
                          "env_id": args.env_id, "observation_dim": obs_dim, "action_dim": act_dim,
                          "hidden_sizes": [256, 256]},
                         out / "policies" / f"step_{frames:07d}.pt")
             buffer.dumps(out / "buffer")
             save_atomic({"agent": agent.state_dict(), "frames": frames, "elapsed": time.time() - start,
-                         "history": history, "rng": torch.get_rng_state(), "args": dataclasses.asdict(args)},
+                         "history": history, **rng_state(device), "args": dataclasses.asdict(args)},
                         ckpt_path)
             (out / "history.json").write_text(json.dumps(history, indent=1))
     collector.shutdown()

@@ -53,3 +53,19 @@ def examples(tmp_path):
     for algo in ("bc", "fake"):
         (folder / f"{algo}.py").write_text(FAKE_EXAMPLE)
     return folder
+
+
+CUDA_AVAILABLE = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not CUDA_AVAILABLE, reason="no CUDA device (torch.cuda.is_available() is False)")])]
+"""The devices device-parametrised tests run on: ``cpu`` always, ``cuda`` (marker ``cuda``) where torch sees one.
+``benchmarks/gpu_check.py`` runs ``pytest -m cuda`` on a GPU machine."""
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device-parametrised test once per entry of :data:`DEVICES`, as ``resolve_device`` gives it (``cuda:0``,
+    with its index, so that it equals ``tensor.device``)."""
+    from cmbrl.components.devices import resolve_device
+
+    return resolve_device(request.param)
