@@ -10,7 +10,9 @@ Datasets that cannot be downloaded (this project often runs without network) are
 :data:`DATASET_RECIPES` names the datasets cmbrl knows how to build (:func:`make_dataset`): D4RL's ``random``,
 ``medium``, ``medium-replay``, ``expert`` and ``medium-expert`` for hopper, halfcheetah and walker2d (Gymnasium v5),
 from behaviour policies shipped in ``cmbrl/components/data``. :func:`load_dataset` generates a registered recipe the
-first time it is asked for; every generated dataset carries a card (:func:`dataset_card`). The command line is
+first time it is asked for; every generated dataset carries a card (:func:`dataset_card`). Generation is
+deterministic (:data:`ACTION_GRID`, :data:`GENERATOR_VERSION`) and every recipe's data have a published SHA-256
+(:data:`CHECKSUM_FIELDS`, :func:`verify_dataset`, ``cmbrl/components/data/checksums.json``). The command line is
 ``python -m cmbrl.datasets``.
 
 Reference: Fu et al., "D4RL: Datasets for Deep Data-Driven Reinforcement Learning", arXiv:2004.07219 (the
@@ -19,6 +21,7 @@ Reference: Fu et al., "D4RL: Datasets for Deep Data-Driven Reinforcement Learnin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.resources
 import io
 import json
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import minari
+import mujoco
 import numpy as np
 import torch
 from minari.data_collector import EpisodeBuffer
@@ -39,7 +43,10 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 __all__ = ["Policy", "DatasetRecipe", "DATASET_RECIPES", "ENVS", "load_dataset", "collect_dataset", "make_dataset",
-           "load_policy", "load_replay_schedule", "random_policy", "dataset_exists", "dataset_card", "format_card", "resolve_dataset_id"]
+           "load_policy", "load_replay_schedule", "random_policy", "dataset_exists", "dataset_card", "format_card",
+           "resolve_dataset_id", "ACTION_GRID", "GENERATOR_VERSION", "quantize_action", "CHECKSUM_FIELDS",
+           "dataset_checksum", "load_checksums", "write_checksums", "verify_dataset", "VerifyResult", "checksum_table",
+           "update_checksum_table"]
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """A behaviour policy: ``observation (O,) float64 -> action (A,)``, as Gymnasium passes them."""
@@ -167,6 +174,12 @@ def load_dataset(dataset_id: str, *, download: bool | None = None, progress: boo
     recipe settings, seed 0; minutes for 1M steps); then, for ids outside the ``cmbrl/`` namespace (the official
     ``mujoco/...`` ids, say), the Farama server via :func:`minari.download_dataset`.
 
+    The first load is cached beside the Minari files (``cmbrl_cache/``, a TensorDict memmap; later loads take about a
+    second). For a cmbrl recipe the same pass computes the data's SHA-256 (:func:`dataset_checksum`), cached with it;
+    when it differs from the recipe's published checksum (:func:`load_checksums`) because the dataset was made by an
+    older generator or altered, a ``UserWarning`` says so and gives the command that regenerates it. Datasets made on
+    purpose with another seed or ``num_steps`` than the published one are not warned about.
+
     Args:
         dataset_id: Minari id, e.g. ``"cmbrl/hopper/medium-replay-v0"`` or ``"mujoco/hopper/medium-v0"``.
         download: ``None`` (default) downloads ids outside ``cmbrl/`` when they are not local; ``False`` never
@@ -191,7 +204,10 @@ def load_dataset(dataset_id: str, *, download: bool | None = None, progress: boo
     dataset = _open_dataset(dataset_id, download=download, progress=progress)
     cache, stamp = get_dataset_path(dataset_id) / _CACHE_DIR, _cache_stamp(dataset)
     if (cache / "stamp.json").is_file() and json.loads((cache / "stamp.json").read_text()) == stamp:
+        if (cache / _CHECKSUM_FILE).is_file():
+            _warn_if_not_published(dataset_id, dataset, json.loads((cache / _CHECKSUM_FILE).read_text())["sha256"])
         return TensorDict.load_memmap(cache).clone()  # into memory, off the memmap files
+    checksum = _Checksum() if dataset_id in DATASET_RECIPES else None  # computed in the same pass, cached below
     observations, actions, next_observations, rewards, terminations, truncations = [], [], [], [], [], []
     episodes = dataset.iterate_episodes()
     for episode in tqdm(episodes, total=dataset.total_episodes, disable=not progress, desc=f"loading {dataset_id}",
@@ -216,6 +232,8 @@ def load_dataset(dataset_id: str, *, download: bool | None = None, progress: boo
                     f"Dataset '{dataset_id}' episode {episode.id}: key '{key}' has a non-finite value (NaN or inf) "
                     f"at step {step}."
                 )
+        if checksum is not None:
+            checksum.update(episode)
         episode_observations = episode.observations.reshape(num_steps + 1, -1).astype(np.float32)
         observations.append(episode_observations[:-1])
         next_observations.append(episode_observations[1:])
@@ -245,21 +263,27 @@ def load_dataset(dataset_id: str, *, download: bool | None = None, progress: boo
         },
         batch_size=[num_transitions],
     )
-    _write_cache(transitions, cache, stamp)
+    extra = {}
+    if checksum is not None:
+        sha256 = checksum.hexdigest()
+        extra[_CHECKSUM_FILE] = json.dumps({"sha256": sha256, "num_episodes": checksum.num_episodes})
+        _warn_if_not_published(dataset_id, dataset, sha256)
+    _write_cache(transitions, cache, stamp, extra)
     return transitions
 
 
 _CACHE_DIR = "cmbrl_cache"
+_CHECKSUM_FILE = "checksum.json"
 
 
 def _cache_stamp(dataset: minari.MinariDataset) -> dict:
     """What the flat cache must match: the dataset's size and its metadata file's modification time."""
     metadata_file = dataset.storage.data_path / "metadata.json"
-    return {"format": 1, "total_steps": int(dataset.total_steps), "total_episodes": int(dataset.total_episodes),
+    return {"format": 2, "total_steps": int(dataset.total_steps), "total_episodes": int(dataset.total_episodes),
             "metadata_mtime_ns": metadata_file.stat().st_mtime_ns if metadata_file.exists() else None}
 
 
-def _write_cache(transitions: TensorDict, cache: Path, stamp: dict) -> None:
+def _write_cache(transitions: TensorDict, cache: Path, stamp: dict, extra: dict[str, str] | None = None) -> None:
     """Saves the flat TensorDict beside the Minari files (TensorDict memmap): Minari reads episode by episode, about
     1.5 ms per episode, so a 1M-step random dataset (~45k episodes) takes a minute to load; the cache takes ~1 s.
     Best effort: an unwritable dataset folder only costs speed."""
@@ -267,6 +291,8 @@ def _write_cache(transitions: TensorDict, cache: Path, stamp: dict) -> None:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         transitions.memmap(tmp)
+        for name, text in (extra or {}).items():  # e.g. the checksum (format 2)
+            (tmp / name).write_text(text)
         (tmp / "stamp.json").write_text(json.dumps(stamp))
         shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)
@@ -418,10 +444,46 @@ def collect_dataset(
 
 
 def random_policy(action_space: gym.spaces.Box, seed: int | None = None) -> Policy:
-    """A uniformly random policy over a Box action space (the D4RL ``random`` recipe), seeded with ``seed``."""
+    """A uniformly random policy over a Box action space (the D4RL ``random`` recipe), seeded with ``seed``.
+
+    Returns ``policy(observation) -> action`` of the space's shape and dtype, drawn uniformly in float64 from
+    ``[low, high]`` and rounded to :data:`ACTION_GRID` (:func:`quantize_action`).
+    """
     rng = np.random.default_rng(seed)
     low, high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
-    return lambda observation: rng.uniform(low, high).astype(action_space.dtype)
+    return lambda observation: quantize_action(rng.uniform(low, high), low, high).astype(action_space.dtype)
+
+
+ACTION_GRID = 1e-6
+"""Every action cmbrl's recipe policies send to MuJoCo is a multiple of this (then float32).
+
+Why: a behaviour policy's float32 matrix products round differently with the BLAS kernel (OpenBLAS picks one per CPU
+type) and numpy's SIMD ``tanh``; a one-ulp (6e-8) action difference at step 0 grows, MuJoCo being chaotic, into a
+different dataset (measured: ``docs/datasets_checksums.md``). The recipe policies therefore compute in float64 with
+fixed-order products (``mujoco.mju_mulMatVec``: no BLAS, no threads) and round each action to this grid, so that the
+remaining ~1e-16 differences (transcendental functions' last bits) change an action only when it falls within ~1e-16
+of a rounding boundary: about one chance in 10^10 per action component."""
+
+GENERATOR_VERSION = 2
+"""Version of the recipe generator, stored in the dataset card as ``"generator"``. 1 (cards without the key):
+float32 policies, not reproducible across CPUs; 2: float64 fixed-order policies, actions on :data:`ACTION_GRID`."""
+
+
+def quantize_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Rounds ``action`` to the nearest multiple of :data:`ACTION_GRID`, clipped to ``[low, high]``.
+
+    ``rint(a * 1e6) / 1e6`` in float64: a correctly rounded product, an exact rounding and a correctly rounded
+    quotient, so the result depends only on ``a`` (not on the CPU).
+
+    Args:
+        action: ``(A,)`` float array. low, high: ``(A,)`` bounds.
+
+    Returns:
+        ``(A,)`` float32.
+    """
+    scale = float(round(1.0 / ACTION_GRID))  # 1e6 exactly
+    grid = np.rint(np.asarray(action, dtype=np.float64) * scale) / scale
+    return np.clip(grid, low, high).astype(np.float32)
 
 
 def make_dataset(
@@ -439,7 +501,11 @@ def make_dataset(
     ``seed``; ``"random"`` recipes sample uniform actions seeded with ``seed``; ``"replay"`` recipes replay the
     bundle's schedule (:func:`load_replay_schedule`, snapshot ``k`` seeded with ``seed + k``); ``"combine"`` recipes
     generate their sources first when absent (same ``seed``) and concatenate them. The global torch RNG is left
-    untouched. The dataset card records the recipe, policy files, step counts, seed and returns.
+    untouched. The dataset card records the recipe, policy files, step counts, seed, returns and the generator version
+    (:data:`GENERATOR_VERSION`). Generation is deterministic: float64 policies with fixed-order products and actions
+    rounded to :data:`ACTION_GRID` give byte-identical data for the same recipe, ``seed`` and ``num_steps`` whatever
+    the thread count, BLAS or SIMD path; with the default ``num_steps`` and seed 0 the data have the published
+    checksum (:func:`verify_dataset`, ``python -m cmbrl.datasets verify``).
 
     Args:
         dataset_id: a key of :data:`DATASET_RECIPES`, e.g. ``"cmbrl/hopper/medium-v0"``.
@@ -545,6 +611,8 @@ def _make_card(dataset_id: str, env_id: str, *, seed: int | None, recipe: str | 
         "return_max": float(np.max(stats_returns)),
         "behavior_policies": behavior_policies,
     }
+    if recipe is not None:
+        card["generator"] = GENERATOR_VERSION
     if ref_min_score is not None:
         for stat in ("mean", "min", "max"):
             card[f"normalized_score_{stat}"] = 100 * (card[f"return_{stat}"] - ref_min_score) / (
@@ -568,6 +636,7 @@ def _combine_cards(dataset_id: str, recipe: DatasetRecipe, cards: list[dict | No
         "return_max": max(card["return_max"] for card in cards),
         "behavior_policies": [policy for card in cards for policy in card["behavior_policies"]],
         "sources": list(recipe.sources),
+        "generator": min((card.get("generator", 1) for card in cards), default=1),
     }
     for stat in ("mean", "min", "max"):
         card[f"normalized_score_{stat}"] = 100 * (card[f"return_{stat}"] - recipe.ref_min_score) / (
@@ -580,7 +649,7 @@ def dataset_exists(dataset_id: str) -> bool:
     return (get_dataset_path(dataset_id) / "data").exists()
 
 
-def dataset_card(dataset_id: str) -> dict:
+def dataset_card(dataset_id: str, *, checksums: bool = False) -> dict:
     """The dataset card of a local Minari dataset: size, episode returns, normalised scores, behaviour policies.
 
     Datasets written by cmbrl carry the card in their metadata (``"dataset_card"``); for others it is computed from
@@ -590,7 +659,14 @@ def dataset_card(dataset_id: str) -> dict:
         dict with ``dataset_id``, ``env_id``, ``recipe``, ``seed``, ``num_transitions``, ``num_episodes``,
         ``num_complete_episodes``, ``return_mean`` / ``return_min`` / ``return_max`` (reward units),
         ``normalized_score_mean`` / ``_min`` / ``_max`` (D4RL scale, 0 = random, 100 = expert; only with reference
-        scores) and ``behavior_policies`` (list of dicts).
+        scores), ``behavior_policies`` (list of dicts) and, for recipes, ``generator`` (:data:`GENERATOR_VERSION`
+        of the generator that wrote it; absent: 1). With ``checksums=True`` also ``published_sha256`` (the recipe's
+        published checksum, or None when it has none) and, when :func:`load_dataset` has computed it (it is cached
+        with the load cache), ``sha256`` (the local data's).
+
+    Args:
+        dataset_id: a local Minari id.
+        checksums: add the checksum keys (reads a small JSON file; never hashes the data). Default False.
 
     Raises:
         FileNotFoundError: the dataset is not local.
@@ -600,16 +676,32 @@ def dataset_card(dataset_id: str) -> dict:
     dataset = minari.load_dataset(dataset_id)
     metadata = dataset.storage.metadata
     if "dataset_card" in metadata:
-        return metadata["dataset_card"]
+        card = dict(metadata["dataset_card"])
+        return _with_checksums(card, dataset_id, dataset) if checksums else card
     returns, ended = [], []
     for episode in dataset.iterate_episodes():
         returns.append(float(np.sum(episode.rewards)))
         ended.append(bool(episode.terminations[-1] or episode.truncations[-1]))
     env_spec = dataset.spec.env_spec
-    return _make_card(dataset_id, env_spec.id if env_spec is not None else None, seed=None, recipe=None,
+    card = _make_card(dataset_id, env_spec.id if env_spec is not None else None, seed=None, recipe=None,
                       num_transitions=dataset.total_steps, returns=returns, ended_in_env=ended,
                       ref_min_score=metadata.get("ref_min_score"), ref_max_score=metadata.get("ref_max_score"),
                       behavior_policies=[{"algorithm_name": metadata.get("algorithm_name")}])
+    return _with_checksums(card, dataset_id, dataset) if checksums else card
+
+
+def _with_checksums(card: dict, dataset_id: str, dataset: minari.MinariDataset) -> dict:
+    """Adds ``"published_sha256"`` (the recipe's published checksum, if any) and ``"sha256"`` (the local data's, if
+    :func:`load_dataset` has computed it: it is cached with the load cache) to a card."""
+    published = load_checksums().get(dataset_id)
+    card["published_sha256"] = None if published is None else published["sha256"]
+    cache = get_dataset_path(dataset_id) / _CACHE_DIR
+    try:
+        if json.loads((cache / "stamp.json").read_text()) == _cache_stamp(dataset):
+            card["sha256"] = json.loads((cache / _CHECKSUM_FILE).read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return card
 
 
 def format_card(card: dict) -> str:
@@ -631,6 +723,19 @@ def format_card(card: dict) -> str:
         lines += [f"  behaviour policy: {_policy_text(policy)}" for policy in policies]
     if "sources" in card:
         lines.append(f"  sources: {', '.join(card['sources'])}")
+    if "generator" in card:
+        lines.append(f"  generator: v{card['generator']}" + (" (deterministic across machines)"
+                                                              if card["generator"] >= 2 else " (machine-dependent)"))
+    if "published_sha256" in card:  # dataset_card(..., checksums=True)
+        published = card["published_sha256"]
+        lines.append(f"  published sha256: {published or 'none (no published checksum for this dataset)'}")
+        if "sha256" in card:
+            state = "" if published is None else (" (matches)" if card["sha256"] == published
+                                                  else " (DIFFERS from the published one)")
+            lines.append(f"  local sha256:     {card['sha256']}{state}")
+        else:
+            lines.append(f"  local sha256:     not computed yet (the first load_dataset does; or check now: "
+                         f"python -m cmbrl.datasets verify {_short_name(card['dataset_id'])})")
     return "\n".join(lines)
 
 
@@ -639,21 +744,348 @@ def _policy_text(policy: dict) -> str:
                      for key, value in policy.items())
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Checksums: what a recipe's data must be, byte for byte.
+
+CHECKSUM_FIELDS: tuple[tuple[str, str], ...] = (
+    ("observations", "<f8"), ("actions", "<f4"), ("rewards", "<f8"), ("terminations", "|u1"), ("truncations", "|u1"),
+)
+"""The canonical byte stream a dataset's SHA-256 is taken over: episodes in order (Minari episode ids 0, 1, ...), and
+within each episode these fields in this order, each cast to this numpy dtype (little-endian float64 observations
+``(T + 1, O)``, float32 actions ``(T, A)``, float64 rewards ``(T,)``, terminations and truncations as one byte 0 / 1
+``(T,)``) and written C-order with no header or separator. See :func:`dataset_checksum`."""
+
+_PUBLISHED_FILE = "checksums.json"
+_PUBLISHED_EPISODES_FILE = "checksums_episodes.pt"
+
+
+class _Checksum:
+    """Running SHA-256 over :data:`CHECKSUM_FIELDS`, plus a 32-bit tag per episode and field (the first four bytes,
+    big-endian, of that field's own SHA-256) that locates the first differing episode and field."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._tags: list[list[int]] = []
+        self.num_transitions = 0
+
+    def update(self, episode) -> None:
+        num_steps = len(episode.rewards)
+        arrays = {"observations": np.asarray(episode.observations).reshape(num_steps + 1, -1),
+                  "actions": np.asarray(episode.actions).reshape(num_steps, -1),
+                  "rewards": np.asarray(episode.rewards).reshape(num_steps),
+                  "terminations": np.asarray(episode.terminations).reshape(num_steps),
+                  "truncations": np.asarray(episode.truncations).reshape(num_steps)}
+        tags = []
+        for field, dtype in CHECKSUM_FIELDS:
+            data = np.ascontiguousarray(arrays[field], dtype=np.dtype(dtype)).tobytes()
+            self._sha.update(data)
+            tags.append(int.from_bytes(hashlib.sha256(data).digest()[:4], "big"))
+        self._tags.append(tags)
+        self.num_transitions += num_steps
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._tags)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def tags(self) -> np.ndarray:
+        return np.asarray(self._tags, dtype=np.uint32).reshape(-1, len(CHECKSUM_FIELDS))
+
+
+def dataset_checksum(dataset_id: str, *, progress: bool = False) -> dict:
+    """Recomputes the checksum of the local Minari dataset ``dataset_id`` from its files (never from the load cache).
+
+    The SHA-256 is taken over :data:`CHECKSUM_FIELDS`: for each episode in order, its observations (float64
+    little-endian, ``(T + 1, O)``), actions (float32, ``(T, A)``), rewards (float64, ``(T,)``), terminations and
+    truncations (uint8 0 / 1, ``(T,)``), concatenated C-order without separators. Equivalent numpy::
+
+        sha = hashlib.sha256()
+        for episode in minari.load_dataset(dataset_id).iterate_episodes():
+            for field, dtype in CHECKSUM_FIELDS:
+                sha.update(np.ascontiguousarray(getattr(episode, field), dtype=dtype).tobytes())
+
+    Args:
+        dataset_id: a local Minari dataset id.
+        progress: show a tqdm bar over episodes.
+
+    Returns:
+        ``{"sha256": 64 hex chars, "num_episodes": E, "num_transitions": N, "episode_tags": (E, 5) uint32}``; row
+        ``e`` of ``episode_tags`` holds, per field, the first four bytes (big-endian) of the SHA-256 of episode ``e``'s
+        bytes of that field.
+
+    Raises:
+        FileNotFoundError: the dataset is not local (the message says how to generate a cmbrl recipe).
+    """
+    if not dataset_exists(dataset_id):
+        raise FileNotFoundError(_not_generated_message(dataset_id))
+    dataset = minari.load_dataset(dataset_id)
+    checksum = _Checksum()
+    for episode in tqdm(dataset.iterate_episodes(), total=dataset.total_episodes, disable=not progress,
+                        desc=f"checksum {dataset_id}", unit="episode"):
+        checksum.update(episode)
+    return {"sha256": checksum.hexdigest(), "num_episodes": checksum.num_episodes,
+            "num_transitions": checksum.num_transitions, "episode_tags": checksum.tags()}
+
+
+def _short_name(dataset_id: str) -> str:
+    """``"cmbrl/hopper/medium-v0"`` -> ``"hopper-medium"`` (the CLI's name); other ids unchanged."""
+    if dataset_id in DATASET_RECIPES:
+        return dataset_id.removeprefix("cmbrl/").removesuffix("-v0").replace("/", "-")
+    return dataset_id
+
+
+def _not_generated_message(dataset_id: str) -> str:
+    if dataset_id in DATASET_RECIPES:
+        return (f"Dataset '{dataset_id}' is not generated (nothing at {get_dataset_path(dataset_id)}); generate it "
+                f"with: python -m cmbrl.datasets make {_short_name(dataset_id)}")
+    return f"Minari dataset '{dataset_id}' is not in the local Minari root {get_dataset_path()}."
+
+
+def _checksum_paths(path: str | os.PathLike | None) -> tuple[Path, Path]:
+    """``(json, episode tags)`` files: the shipped ones (``cmbrl/components/data``) or ``path`` and its sibling
+    ``<stem>_episodes.pt``."""
+    if path is None:
+        data = Path(str(importlib.resources.files("cmbrl.components") / "data"))
+        return data / _PUBLISHED_FILE, data / _PUBLISHED_EPISODES_FILE
+    path = Path(path)
+    return path, path.with_name(f"{path.stem}_episodes.pt")
+
+
+def load_checksums(path: str | os.PathLike | None = None) -> dict[str, dict]:
+    """The published checksums: ``{dataset_id: {"sha256", "num_episodes", "num_transitions", "seed",
+    "generator"}}`` from ``cmbrl/components/data/checksums.json`` (or the file ``path``, as written by
+    :func:`write_checksums`). Recipes missing from it have no published checksum yet. Missing file: ``{}``."""
+    json_file, _ = _checksum_paths(path)
+    if not json_file.is_file():
+        if path is not None:
+            raise FileNotFoundError(f"Checksum file {json_file} does not exist.")
+        return {}
+    return json.loads(json_file.read_text())["datasets"]
+
+
+def _load_episode_tags(path: str | os.PathLike | None, dataset_id: str) -> np.ndarray | None:
+    _, tags_file = _checksum_paths(path)
+    if not tags_file.is_file():
+        return None
+    tags = torch.load(tags_file, map_location="cpu", weights_only=True).get(dataset_id)
+    return None if tags is None else tags.numpy().view(np.uint32)
+
+
+def write_checksums(dataset_ids: Sequence[str], path: str | os.PathLike | None = None, *,
+                    progress: bool = False) -> dict[str, dict]:
+    """Computes the checksums of local datasets and merges them into a checksum file (default: the shipped one).
+
+    Writes ``path`` (JSON: format, canonical fields and dtypes, generator version, and per dataset ``sha256``,
+    ``num_episodes``, ``num_transitions``, ``seed``, ``generator``) and ``<stem>_episodes.pt`` beside it (per dataset
+    the ``(E, 5)`` episode tags, stored as int32). Entries for other datasets already in the file are kept.
+
+    Returns:
+        The new entries, by dataset id.
+
+    Raises:
+        FileNotFoundError: one of ``dataset_ids`` is not local (nothing is written).
+    """
+    missing = [dataset_id for dataset_id in dataset_ids if not dataset_exists(dataset_id)]
+    if missing:
+        raise FileNotFoundError(" ".join(_not_generated_message(dataset_id) for dataset_id in missing))
+    json_file, tags_file = _checksum_paths(path)
+    datasets = json.loads(json_file.read_text())["datasets"] if json_file.is_file() else {}
+    all_tags = torch.load(tags_file, map_location="cpu", weights_only=True) if tags_file.is_file() else {}
+    entries = {}
+    for dataset_id in dataset_ids:
+        checksum = dataset_checksum(dataset_id, progress=progress)
+        card = minari.load_dataset(dataset_id).storage.metadata.get("dataset_card") or {}
+        entries[dataset_id] = {"sha256": checksum["sha256"], "num_episodes": checksum["num_episodes"],
+                               "num_transitions": checksum["num_transitions"], "seed": card.get("seed"),
+                               "generator": card.get("generator", 1)}
+        all_tags[dataset_id] = torch.from_numpy(checksum["episode_tags"].view(np.int32).copy())
+    datasets.update(entries)
+    order = {dataset_id: k for k, dataset_id in enumerate(DATASET_RECIPES)}
+    datasets = dict(sorted(datasets.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+    document = {"format": 1, "fields": dict(CHECKSUM_FIELDS), "generator": GENERATOR_VERSION,
+                "datasets": datasets}
+    json_file.write_text(json.dumps(document, indent=1) + "\n")
+    torch.save({dataset_id: all_tags[dataset_id] for dataset_id in datasets if dataset_id in all_tags}, tags_file)
+    return entries
+
+
+CHECKSUM_TABLE_MARKERS = ("<!-- BEGIN checksum-table -->", "<!-- END checksum-table -->")
+"""The lines that enclose the generated table in ``docs/datasets_checksums.md`` (:func:`update_checksum_table`)."""
+
+
+def checksum_table(path: str | os.PathLike | None = None) -> str:
+    """The published checksums as a markdown table, one row per recipe in :data:`DATASET_RECIPES` order (recipes
+    without a published checksum say so). ``path``: a checksum file instead of the shipped one."""
+    published = load_checksums(path)
+    rows = ["| dataset | Minari id | episodes | transitions | SHA-256 |", "|---|---|---:|---:|---|"]
+    for dataset_id in DATASET_RECIPES:
+        entry = published.get(dataset_id)
+        if entry is None:
+            rows.append(f"| `{_short_name(dataset_id)}` | `{dataset_id}` | | | not published yet |")
+        else:
+            rows.append(f"| `{_short_name(dataset_id)}` | `{dataset_id}` | {entry['num_episodes']:,} | "
+                        f"{entry['num_transitions']:,} | `{entry['sha256']}` |")
+    return "\n".join(rows)
+
+
+def update_checksum_table(document: str | os.PathLike, path: str | os.PathLike | None = None) -> bool:
+    """Rewrites the table between :data:`CHECKSUM_TABLE_MARKERS` in ``document`` with :func:`checksum_table`.
+
+    Returns:
+        True when the file changed.
+
+    Raises:
+        ValueError: ``document`` lacks the markers.
+    """
+    document = Path(document)
+    text = document.read_text()
+    begin, end = CHECKSUM_TABLE_MARKERS
+    if begin not in text or end not in text:
+        raise ValueError(f"{document} lacks the lines {begin!r} and {end!r} around the checksum table.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n\n{checksum_table(path)}\n\n{end}{tail}"
+    if new != text:
+        document.write_text(new)
+    return new != text
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :func:`verify_dataset`.
+
+    Attributes:
+        dataset_id: the dataset checked.
+        ok: True when the local data equal the reference byte for byte (same SHA-256).
+        message: one line saying so, or naming the first differing episode (Minari episode id) and field(s).
+        sha256: the local checksum. expected: the reference checksum.
+        episode: first differing episode (None when equal or not localised). fields: the fields that differ in it.
+    """
+
+    dataset_id: str
+    ok: bool
+    message: str
+    sha256: str
+    expected: str
+    episode: int | None = None
+    fields: tuple[str, ...] = ()
+
+
+def verify_dataset(dataset_id: str, *, reference: str | os.PathLike | None = None,
+                   progress: bool = False) -> VerifyResult:
+    """Recomputes a local dataset's checksum (:func:`dataset_checksum`) and compares it with the published one.
+
+    Args:
+        dataset_id: a Minari id, e.g. ``"cmbrl/hopper/medium-v0"``.
+        reference: a checksum file written by :func:`write_checksums` (``python -m cmbrl.datasets checksum NAME
+            --output FILE``) to compare with instead of the shipped ``cmbrl/components/data/checksums.json``.
+        progress: show a tqdm bar.
+
+    Returns:
+        :class:`VerifyResult`; on a mismatch its message names the first differing episode and field(s), and says
+        when the dataset was generated by an older generator or with other settings than the published checksum's.
+
+    Raises:
+        FileNotFoundError: the dataset is not generated (the message gives the ``make`` command), or ``reference``
+            does not exist.
+        LookupError: there is no published (or reference) checksum for ``dataset_id`` (message: "no published
+            checksum for NAME").
+    """
+    if not dataset_exists(dataset_id):
+        raise FileNotFoundError(_not_generated_message(dataset_id))
+    published = load_checksums(reference).get(dataset_id)
+    if published is None:
+        raise LookupError(f"no published checksum for {_short_name(dataset_id)} ({dataset_id})"
+                          + (f" in {reference}" if reference is not None else ""))
+    checksum = dataset_checksum(dataset_id, progress=progress)
+    sha256, expected = checksum["sha256"], published["sha256"]
+    if sha256 == expected:
+        return VerifyResult(dataset_id, True, f"{dataset_id}: OK (sha256 {sha256})", sha256, expected)
+    notes = _settings_notes(dataset_id, published)
+    episode, fields = None, ()
+    reference_tags, tags = _load_episode_tags(reference, dataset_id), checksum["episode_tags"]
+    if reference_tags is not None:
+        num = min(len(tags), len(reference_tags))
+        differ = np.nonzero((tags[:num] != reference_tags[:num]).any(axis=1))[0]
+        if len(differ):
+            episode = int(differ[0])
+            fields = tuple(field for (field, _), a, b in zip(CHECKSUM_FIELDS, tags[episode], reference_tags[episode])
+                           if a != b)
+        elif len(tags) != len(reference_tags):
+            episode, fields = num, ("episode count",)
+    where = (f"first differing episode {episode}, field{'s' if len(fields) > 1 else ''} {', '.join(fields)}"
+             if episode is not None else "the differing episode could not be located")
+    counts = (f"; local {checksum['num_episodes']:,} episodes / {checksum['num_transitions']:,} transitions, "
+              f"published {published['num_episodes']:,} / {published['num_transitions']:,}"
+              if (checksum["num_episodes"], checksum["num_transitions"]) != (published["num_episodes"],
+                                                                              published["num_transitions"]) else "")
+    message = (f"{dataset_id}: MISMATCH: {where}{counts} (sha256 {sha256}, expected {expected}).{notes} "
+               f"Regenerate: python -m cmbrl.datasets make {_short_name(dataset_id)} --overwrite")
+    return VerifyResult(dataset_id, False, message, sha256, expected, episode, fields)
+
+
+def _settings_notes(dataset_id: str, published: dict) -> str:
+    """Why a local dataset may legitimately differ from the published checksum (older generator, other settings)."""
+    card = minari.load_dataset(dataset_id).storage.metadata.get("dataset_card")
+    if card is None:
+        return " It was not written by cmbrl's generator (no dataset card)."
+    notes = []
+    generator = card.get("generator", 1)
+    if generator != published.get("generator", GENERATOR_VERSION):
+        notes.append(f"It was made by cmbrl's dataset generator v{generator}; the published checksum is for "
+                     f"v{published.get('generator', GENERATOR_VERSION)} (deterministic across machines).")
+    if (card.get("seed"), card.get("num_transitions")) != (published.get("seed"), published.get("num_transitions")):
+        notes.append(f"It was made with seed {card.get('seed')} and {card.get('num_transitions'):,} transitions; the "
+                     f"published checksum is for seed {published.get('seed')} and "
+                     f"{published.get('num_transitions'):,}.")
+    return "".join(" " + note for note in notes)
+
+
+def _warn_if_not_published(dataset_id: str, dataset: minari.MinariDataset, sha256: str) -> None:
+    """:func:`load_dataset`'s check: warns when a cmbrl recipe's local data differ from the published checksum
+    (generated by an older cmbrl, or altered). Datasets made with other settings than the published ones (another
+    seed or ``num_steps``) are not the published dataset and are not warned about; their card says so."""
+    published = load_checksums().get(dataset_id)
+    if published is None or sha256 == published["sha256"]:
+        return
+    card = dataset.storage.metadata.get("dataset_card") or {}
+    older = card.get("generator", 1) != published.get("generator", GENERATOR_VERSION)
+    if not older and (card.get("seed"), card.get("num_transitions")) != (published.get("seed"),
+                                                                          published.get("num_transitions")):
+        return
+    generator = card.get("generator", 1)
+    reason = (f"was generated by an older cmbrl (dataset generator v{generator}"
+              f"{', not reproducible across machines' if generator < 2 else ''}; the published checksum is for "
+              f"v{published.get('generator', GENERATOR_VERSION)})" if older else "differs from the published data")
+    warnings.warn(
+        f"Dataset '{dataset_id}' {reason}: its checksum {sha256[:16]}... is not the recipe's published "
+        f"{published['sha256'][:16]}..., so results on it are not comparable with others'. Regenerate it with: "
+        f"python -m cmbrl.datasets make {_short_name(dataset_id)} --overwrite   (check with: python -m "
+        f"cmbrl.datasets verify {_short_name(dataset_id)})",
+        UserWarning, stacklevel=3)
+
+
 def load_policy(path: str | os.PathLike, *, seed: int | None = None) -> Policy:
     """Loads a SAC actor checkpoint as a fast numpy policy that samples from the actor's tanh-Gaussian.
 
     The checkpoint is a dict ``{"actor": state_dict, "observation_dim": O, "action_dim": A, "hidden_sizes": [...],
     ...}`` (optionally ``"action_low"``, ``"action_high"``) of the actor built by
-    :func:`cmbrl.agents.sac.make_sac_actor`. The MLP runs in numpy (a TorchRL call per environment step costs ~2 ms,
-    20x the MuJoCo step); the action is ``low + (high − low) · (tanh(loc + scale · ε) + 1) / 2`` with
-    ``ε ~ N(0, I)`` from a numpy generator seeded with ``seed``: the same sample the TorchRL actor draws.
+    :func:`cmbrl.agents.sac.make_sac_actor`. The MLP runs outside TorchRL (a TorchRL call per environment step costs
+    ~2 ms, 20x the MuJoCo step), in float64 with fixed-order matrix-vector products (``mujoco.mju_mulMatVec``: no
+    BLAS, no threads); the action is ``low + (high − low) · (tanh(loc + scale · ε) + 1) / 2`` with ``ε ~ N(0, I)``
+    drawn in float64 from a numpy generator seeded with ``seed`` (the TorchRL actor's tanh-Gaussian), rounded to
+    :data:`ACTION_GRID` (:func:`quantize_action`). So the same observations and seed give the same actions on any
+    machine and thread count (generator v2, ``docs/datasets_checksums.md``).
 
     Args:
         path: checkpoint file written with ``torch.save``.
         seed: seeds the action noise. Default None (fresh entropy).
 
     Returns:
-        ``policy(observation (O,) float) -> action (A,) float32``.
+        ``policy(observation (O,) float) -> action (A,) float32``, a multiple of :data:`ACTION_GRID` in ``[low, high]``;
+        it raises ValueError for an observation of another shape.
 
     Raises:
         ValueError: the checkpoint lacks one of the keys above.
@@ -711,29 +1143,38 @@ def _action_bounds(meta: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _numpy_policy(meta: dict, actor_state: dict, seed: int | None) -> Policy:
+    """The SAC actor as a deterministic float64 numpy policy (see :data:`ACTION_GRID` for why)."""
     # Imported here: components/ must not import cmbrl.agents at module level.
     from cmbrl.agents.sac import make_sac_actor
 
     observation_dim, action_dim = int(meta["observation_dim"]), int(meta["action_dim"])
-    low, high = _action_bounds(meta)
+    low, high = (bound.astype(np.float64) for bound in _action_bounds(meta))
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
         actor = make_sac_actor(observation_dim, action_dim, tuple(meta["hidden_sizes"]))
     actor.load_state_dict({key: value.float() for key, value in actor_state.items()})
+    actor = actor.double()  # float32 (or float16) weights are exact in float64
     mlp, extractor = actor.module[0].module  # nn.Sequential(MLP, NormalParamExtractor)
-    layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) if isinstance(m, torch.nn.Linear)
-              else None for m in mlp if isinstance(m, (torch.nn.Linear, torch.nn.ReLU))]
+    # (out, in) float64 C-contiguous, for mujoco.mju_mulMatVec; None stands for a ReLU.
+    layers = [(np.ascontiguousarray(m.weight.detach().numpy()), m.bias.detach().numpy().copy())
+              if isinstance(m, torch.nn.Linear) else None
+              for m in mlp if isinstance(m, (torch.nn.Linear, torch.nn.ReLU))]
     rng = np.random.default_rng(seed)
 
     def policy(observation: np.ndarray) -> np.ndarray:
-        x = np.asarray(observation, dtype=np.float32)
+        x = np.asarray(observation, dtype=np.float64)
         if x.shape != (observation_dim,):
             raise ValueError(f"Expected an observation of shape ({observation_dim},), got {x.shape}.")
         for layer in layers:
-            x = np.maximum(x, 0.0) if layer is None else x @ layer[0] + layer[1]
+            if layer is None:
+                x = np.maximum(x, 0.0)
+            else:
+                y = np.empty(layer[0].shape[0])
+                mujoco.mju_mulMatVec(y, layer[0], np.ascontiguousarray(x))  # fixed order, no BLAS, no threads
+                x = y + layer[1]
         with torch.no_grad():
             loc, scale = (t.numpy() for t in extractor(torch.from_numpy(x)))
-        squashed = np.tanh(loc + scale * rng.standard_normal(action_dim, dtype=np.float32))
-        return (low + (high - low) * (squashed + 1.0) / 2.0).astype(np.float32)
+        squashed = np.tanh(loc + scale * rng.standard_normal(action_dim))
+        return quantize_action(low + (high - low) * (squashed + 1.0) / 2.0, low, high)
 
     return policy
 

@@ -6,12 +6,21 @@
     python -m cmbrl.datasets make all --backend ray                # the same, one Ray task per recipe
     python -m cmbrl.datasets make hopper-random --num-steps 100000 --overwrite
     python -m cmbrl.datasets card walker2d-medium-expert           # print a dataset card
+    python -m cmbrl.datasets verify all                            # recompute checksums, compare with the published
+    python -m cmbrl.datasets checksum hopper-random --output ref.json  # compute checksums (and write a reference)
+    python -m cmbrl.datasets checksum-table                        # the published checksums, as markdown
 
 Names are D4RL style (``<env>-<name>``, e.g. ``halfcheetah-medium-expert``) or full Minari ids
 (``cmbrl/halfcheetah/medium-expert-v0``). Datasets go to the Minari root (``$MINARI_DATASETS_PATH``, default
 ``~/.minari/datasets``). ``make`` is idempotent: an existing dataset is left alone (its card is printed) unless
-``--overwrite`` is given. ``--backend ray`` (``pip install "cmbrl[ray]"``) generates the recipes in parallel on a local
-Ray cluster or the one at ``--address`` (see :mod:`cmbrl.datasets._ray`); the data are the same as the local backend's.
+``--overwrite`` is given. Generation is deterministic: the same recipe and seed give byte-identical data whatever the
+thread count, BLAS kernel or SIMD path (docs/datasets_checksums.md); ``verify`` recomputes a dataset's SHA-256 (over
+the arrays, in the canonical order of ``cmbrl.components.datasets.CHECKSUM_FIELDS``) and compares it with the checksum
+published in ``cmbrl/components/data/checksums.json`` (or ``--reference FILE``). Exit status of ``verify``: 0 all
+equal, 1 a mismatch (the message names the first differing episode and field), 2 a dataset not generated or without a
+published checksum (with ``all``, those are listed and skipped). ``--backend ray`` (``pip install "cmbrl[ray]"``)
+generates the recipes in parallel on a local Ray cluster or the one at ``--address`` (see :mod:`cmbrl.datasets._ray`);
+the data are the same as the local backend's.
 """
 from __future__ import annotations
 
@@ -19,8 +28,9 @@ import argparse
 import sys
 import time
 
-from cmbrl.components.datasets import (DATASET_RECIPES, dataset_card, dataset_exists, format_card, make_dataset,
-                                       resolve_dataset_id)
+from cmbrl.components.datasets import (DATASET_RECIPES, checksum_table, dataset_card, dataset_checksum, dataset_exists,
+                                       format_card, load_checksums, make_dataset, resolve_dataset_id,
+                                       update_checksum_table, verify_dataset, write_checksums)
 
 
 def _ids(names: list[str]) -> list[str]:
@@ -53,9 +63,25 @@ def main(argv: list[str] | None = None) -> int:
                       "per recipe (default 1)")
     card = commands.add_parser("card", help="print dataset cards")
     card.add_argument("names", nargs="+")
+    verify = commands.add_parser("verify", help="recompute checksums and compare with the published ones (exit 1 on a "
+                                 "mismatch)")
+    verify.add_argument("names", nargs="+", help="dataset names, Minari ids, or 'all' (the generated ones)")
+    verify.add_argument("--reference", help="checksum file to compare with (written by `checksum --output`; default: "
+                        "the published cmbrl/components/data/checksums.json)")
+    checksum = commands.add_parser("checksum", help="compute datasets' checksums; --output merges them into a file")
+    checksum.add_argument("names", nargs="+", help="dataset names, Minari ids, or 'all' (the generated ones)")
+    checksum.add_argument("--output", help="checksum file to write or update (and <stem>_episodes.pt beside it)")
+    table = commands.add_parser("checksum-table", help="print the published checksums as a markdown table")
+    table.add_argument("--update", metavar="DOC", help="rewrite the table in DOC (docs/datasets_checksums.md) instead")
     args = parser.parse_args(argv)
 
     try:
+        if args.command == "checksum-table":
+            if args.update:
+                print(f"{args.update}: {'updated' if update_checksum_table(args.update) else 'up to date'}")
+            else:
+                print(checksum_table())
+            return 0
         if args.command == "list":
             for dataset_id, recipe in DATASET_RECIPES.items():
                 status = f"generated ({dataset_card(dataset_id)['num_transitions']:,} transitions)" \
@@ -66,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         ids = _ids(args.names)
         if args.command == "card":
             for dataset_id in ids:
-                print(format_card(dataset_card(dataset_id)))
+                print(format_card(dataset_card(dataset_id, checksums=True)))
             return 0
+        if args.command == "verify":
+            return _verify(ids, explicit=args.names != ["all"], reference=args.reference)
+        if args.command == "checksum":
+            return _checksum(ids, explicit=args.names != ["all"], output=args.output)
         if args.backend != "ray" and (args.address or args.num_cpus is not None or args.cpus_per_task != 1):
             raise ValueError(f"--address, --num-cpus and --cpus-per-task only apply to --backend ray "
                              f"(got --backend {args.backend})")
@@ -83,11 +113,55 @@ def main(argv: list[str] | None = None) -> int:
                 make_dataset(dataset_id, num_steps=num_steps, seed=args.seed, overwrite=args.overwrite,
                              progress=True)
                 print(f"{dataset_id} generated in {time.perf_counter() - start:.0f} s")
-            print(format_card(dataset_card(dataset_id)))
+            print(format_card(dataset_card(dataset_id, checksums=True)))
         return 0
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _verify(ids: list[str], *, explicit: bool, reference: str | None) -> int:
+    """``verify``: 1 if any dataset differs; else 2 if a named dataset (or, with ``all``, every one) could not be
+    checked; else 0."""
+    published = load_checksums(reference)
+    mismatch = unchecked = False
+    checked = 0
+    for dataset_id in ids:
+        if not dataset_exists(dataset_id) or dataset_id not in published:
+            if not dataset_exists(dataset_id) and not explicit:
+                print(f"{dataset_id}: not generated; skipped")
+                continue
+            try:
+                verify_dataset(dataset_id, reference=reference)  # raises with the message
+            except (FileNotFoundError, LookupError) as error:
+                print(error.args[0], file=sys.stderr if explicit else sys.stdout)
+                unchecked = unchecked or explicit
+            continue
+        result = verify_dataset(dataset_id, reference=reference, progress=sys.stderr.isatty())
+        print(result.message, flush=True)
+        mismatch, checked = mismatch or not result.ok, checked + 1
+    if not explicit and checked == 0:
+        print("Nothing verified: no generated dataset has a published checksum.")
+    return 1 if mismatch else 2 if unchecked or checked == 0 else 0
+
+
+def _checksum(ids: list[str], *, explicit: bool, output: str | None) -> int:
+    """``checksum``: prints each generated dataset's SHA-256; with ``output``, writes them into that file."""
+    absent = [dataset_id for dataset_id in ids if not dataset_exists(dataset_id)]
+    if absent and explicit:
+        raise FileNotFoundError(f"not generated: {absent}; generate them first (python -m cmbrl.datasets make ...)")
+    present = [dataset_id for dataset_id in ids if dataset_id not in absent]
+    for dataset_id in absent:
+        print(f"{dataset_id}: not generated; skipped")
+    if output is not None:
+        for dataset_id, entry in write_checksums(present, output, progress=sys.stderr.isatty()).items():
+            print(f"{entry['sha256']}  {dataset_id}  ({entry['num_episodes']:,} episodes)")
+        print(f"wrote {output}")
+    else:
+        for dataset_id in present:
+            result = dataset_checksum(dataset_id, progress=sys.stderr.isatty())
+            print(f"{result['sha256']}  {dataset_id}  ({result['num_episodes']:,} episodes)")
+    return 0
 
 
 def _make_on_ray(ids: list[str], args: argparse.Namespace) -> int:
