@@ -23,6 +23,7 @@ from torch import nn
 from torchrl.modules import MLP
 
 from cmbrl.components.devices import check_compile_options, compile_step, resolve_device
+from cmbrl.components.errors import MissingKeysError
 
 
 def check_dims(observation_dim: int, action_dim: int) -> None:
@@ -66,6 +67,48 @@ def seeded(seed: int | None):
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+def _key_name(key: NestedKey) -> str:
+    """``'action'`` or ``('next', 'reward')`` (a one-element tuple key as its string)."""
+    return repr(key if isinstance(key, str) or len(key) > 1 else key[0])
+
+
+def check_batch_entries(batch: TensorDictBase, entries: Sequence[tuple[NestedKey, int | None, str]],
+                        what: str) -> None:
+    """Checks that ``batch`` holds every entry of ``entries`` (``(key, last dimension or None, kind)``, kind one of
+    ``"float"``, ``"flag"``, ``"any"``) with that last dimension and a floating-point dtype for ``"float"``.
+
+    Raises:
+        MissingKeysError: keys are missing; the message names them, every expected entry and the batch's keys.
+        ValueError: an entry's last dimension is not the expected one (the message names its shape).
+        TypeError: a ``"float"`` entry is not floating point.
+    """
+    missing, values = [], []
+    for key, _, _ in entries:
+        value = batch.get(key, None)
+        if value is None:
+            missing.append(key)
+        values.append(value)
+    if missing:
+        raise MissingKeysError(
+            f"{what}: the batch is missing {', '.join(map(_key_name, missing))}; it expects "
+            f"{describe_entries(entries)}; the batch has keys [{', '.join(map(_key_name, batch.keys(True, True)))}]")
+    for (key, width, kind), value in zip(entries, values):
+        if width is not None and (value.ndim == 0 or value.shape[-1] != width):
+            raise ValueError(f"{what}: batch entry {_key_name(key)} must have shape (B, {width}), got "
+                             f"{tuple(value.shape)}")
+        if kind == "float" and not value.is_floating_point():
+            raise TypeError(f"{what}: batch entry {_key_name(key)} must be floating point, got {value.dtype}")
+
+
+def describe_entries(entries: Sequence[tuple[NestedKey, int | None, str]]) -> str:
+    """``'observation' (B, 11), 'action' (B, 3), ...`` for :func:`check_batch_entries`' messages."""
+    parts = []
+    for key, width, kind in entries:
+        shape = "(B, ...)" if width is None else f"(B, {width})"
+        parts.append(f"{_key_name(key)} {shape}{' bool' if kind == 'flag' else ''}")
+    return ", ".join(parts)
 
 
 def on_device(batch: TensorDictBase, device: torch.device) -> TensorDictBase:
@@ -203,6 +246,31 @@ class _Learner:
         loss.backward()
         self._optim_step()
 
+    def _batch_entries(self) -> tuple[tuple[NestedKey, int | None, str], ...]:
+        """What :meth:`update` reads from a batch, as :func:`check_batch_entries` takes it: the loss module's
+        transition keys (observations ``O`` wide, the action ``A`` wide, under ``"next"`` the observations, the
+        reward and the terminated flag, each ``1`` wide) and the subclass's ``_EXTRA_KEYS``. Built once."""
+        entries = self.__dict__.get("_batch_entries_cache")
+        if entries is None:
+            loss = self.loss_module
+            keys = loss.tensor_keys
+            extra = getattr(self, "_EXTRA_KEYS", ())
+            entries = []
+            for key in loss._transition_in_keys(*extra):
+                leaf = key[-1] if isinstance(key, tuple) else key
+                if leaf == keys.action:
+                    entries.append((key, self.action_dim, "float"))
+                elif leaf in (keys.reward,):
+                    entries.append((key, 1, "float"))
+                elif leaf == keys.terminated or key in extra:
+                    entries.append((key, 1, "flag"))
+                elif leaf == "observation":
+                    entries.append((key, self.observation_dim, "float"))
+                else:
+                    entries.append((key, None, "any"))
+            entries = self.__dict__["_batch_entries_cache"] = tuple(entries)
+        return entries
+
     def _compile_input(self, batch: TensorDictBase) -> TensorDictBase:
         """What :meth:`_loss_and_metrics` takes: the batch (COMBO wraps it with its real/model row indices)."""
         return batch
@@ -248,8 +316,10 @@ class _Learner:
         """:meth:`update`'s body: ``batch`` onto ``device`` (one copy if elsewhere), the update eager or compiled,
         the metrics as floats (``sync``) or 0-d tensors on ``device``."""
         batch = on_device(batch, self.device)
-        inputs = self._compile_input(batch)
+        # a missing key or a wrong width is named here, not as an AttributeError or a matmul error inside the loss
+        check_batch_entries(batch, self._batch_entries(), f"{type(self).__name__}.update")
         if self._compile is False and not self.cudagraphs:
+            inputs = self._compile_input(batch)
             if self.device.type == "cpu":  # the eager CPU path, torch.distributions' checks on as everywhere
                 loss, values = self._loss_and_metrics(inputs)
                 self._step(loss)
@@ -260,6 +330,9 @@ class _Learner:
         else:
             if self._compiled_update is None:
                 self._compiled_update = self._build_compiled_update()
+            # a shallow copy without the priority an earlier update wrote: a batch given twice keeps the structure
+            # the compiled graph was traced (or captured) with, instead of a recompilation per new key set
+            inputs = self._compile_input(batch.exclude(self._priority_key))
             with no_distribution_validation():  # traced (and captured) without host reads
                 out = self._compiled_update(inputs)
             values = out.get("metrics")

@@ -397,8 +397,9 @@ class AWAC(_Learner, nn.Module):
             Default ``False``.
 
     Raises:
-        ValueError: a device this machine lacks, ``cudagraphs=True`` off CUDA, a bad ``compile``, an unknown ``actor``, non-positive sizes, ``tau`` outside ``(0, 1]``, bad bounds, or any
-            :class:`AWACLoss` argument outside its range.
+        ValueError: a device this machine lacks, ``cudagraphs=True`` off CUDA, a bad ``compile``, an unknown ``actor``,
+            non-positive sizes, ``tau`` outside ``(0, 1]``, bad bounds, or any :class:`AWACLoss` argument outside its
+            range.
 
     Batches given to :meth:`update` are TensorDicts of shape ``(B,)`` with TorchRL's keys: ``"observation" (B, O)``,
     ``"action" (B, A)``, ``("next", "observation") (B, O)``, ``("next", "reward") (B, 1)``,
@@ -488,9 +489,15 @@ class AWAC(_Learner, nn.Module):
                 without a synchronisation.
 
         Returns:
-            Floats (or 0-d tensors): ``loss_actor``, ``loss_qvalue`` (sum over critics of the mean squared TD error, squared reward
-            units), ``advantage`` (mean ``A(s, a)``, reward units), ``weight_mean``, ``weight_max``, ``q_data`` (mean
-            ``min_j Q_j(s, a)``) and ``log_prob`` (mean ``log π(a|s)`` of the batch's actions, nats).
+            Floats (or 0-d tensors): ``loss_actor``, ``loss_qvalue`` (sum over critics of the mean squared TD error,
+            squared reward units), ``advantage`` (mean ``A(s, a)``, reward units), ``weight_mean``, ``weight_max``,
+            ``q_data`` (mean ``min_j Q_j(s, a)``) and ``log_prob`` (mean ``log π(a|s)`` of the batch's actions, nats).
+
+        Raises:
+            KeyError: the batch lacks a key the update reads (a ``MissingKeysError`` naming the missing keys,
+                every expected entry and its shape, and the batch's keys).
+            ValueError: an entry's last dimension is not the expected one (``O``, ``A`` or 1).
+            TypeError: ``batch`` is not a TensorDict, or an observation, action or reward is not floating point.
         """
         return self._run(batch, sync)
 

@@ -25,7 +25,8 @@ from torchrl.objectives import BCLoss
 
 from cmbrl.components.devices import check_compile_options, compile_step, resolve_device
 
-from ._common import _optimizer_state_to, _without_fullgraph, move_policy_extras, on_device
+from ._common import (MissingKeysError, _optimizer_state_to, _without_fullgraph, move_policy_extras,
+                      on_device)
 
 __all__ = ["BC"]
 
@@ -208,8 +209,9 @@ class BC(nn.Module):
             ``B`` and ``A`` (squared action units).
 
         Raises:
+            KeyError: ``"observation"`` or ``"action"`` is missing (a ``MissingKeysError``, also a ``ValueError``).
             TypeError: ``batch`` is not a TensorDict, or an entry is not floating point.
-            ValueError: a key is missing, or an entry's shape is not ``(B, O)`` / ``(B, A)`` for the batch's ``B``.
+            ValueError: an entry's shape is not ``(B, O)`` / ``(B, A)`` for the batch's ``B``.
         """
         self._check_batch(batch)
         batch = on_device(batch.select("observation", "action"), self.device)
@@ -276,8 +278,8 @@ class BC(nn.Module):
             raise TypeError(f"batch must be a TensorDict with 'observation' and 'action', got {type(batch).__name__}.")
         missing = [key for key in ("observation", "action") if key not in batch.keys()]
         if missing:
-            raise ValueError(f"batch is missing {missing}; expected 'observation' (B, {self.observation_dim}) and "
-                             f"'action' (B, {self.action_dim}), got keys {sorted(map(str, batch.keys()))}.")
+            raise MissingKeysError(f"batch is missing {missing}; expected 'observation' (B, {self.observation_dim}) "
+                                   f"and 'action' (B, {self.action_dim}), got keys {sorted(map(str, batch.keys()))}.")
         if batch.batch_dims != 1:
             raise ValueError(f"batch must have batch size (B,), got {tuple(batch.batch_size)}.")
         size = batch.batch_size[0]

@@ -494,9 +494,9 @@ class COMBO(_Learner, nn.Module):
         tau: soft target-update rate, ``target <- (1 - tau) target + tau online``. Default 0.005.
         target_entropy, alpha_init, max_alpha: as :class:`COMBOLoss` (``"auto"``, 1.0, ``None``).
         log_std_min, log_std_max: bounds of the actor's log σ (nats). Default ``-5, 2``.
-        num_qvalue_nets, beta, num_action_samples, temperature, prior, rho, deterministic_backup, learn_beta,
-            beta_threshold, max_beta: see :class:`COMBOLoss` (defaults 2, 5.0, 10, 1.0, ``"uniform"``, ``"model"``,
-            ``True``, ``False``, 10.0, 1e6).
+        num_qvalue_nets, beta, num_action_samples, temperature, prior, rho, deterministic_backup: see
+            :class:`COMBOLoss` (defaults 2, 5.0, 10, 1.0, ``"uniform"``, ``"model"``, ``True``).
+        learn_beta, beta_threshold, max_beta: see :class:`COMBOLoss` (defaults ``False``, 10.0, 1e6).
         prior_update_interval: updates between refreshes of the previous-policy prior. Default 1000 (one iteration
             of Algorithm 1 at OfflineRL-Kit's rollout frequency). Ignored with ``prior="uniform"``.
         seed: if given, the network initialisation is seeded (the global RNG is left untouched). Sampling in
@@ -509,12 +509,13 @@ class COMBO(_Learner, nn.Module):
         compile: ``False`` (default, eager), ``True`` (``torch.compile``, inductor's default mode), a mode string
             or a dict of ``torch.compile`` keyword arguments (``{"backend": "aot_eager"}``): the whole update is one
             compiled function, as :class:`~cmbrl.agents.SAC`'s.
-        cudagraphs: capture the update in a CUDA graph (CUDA only; ``capturable`` Adams; fixed batch size and a fixed number of real rows per batch).
-            Default ``False``.
+        cudagraphs: capture the update in a CUDA graph (CUDA only; ``capturable`` Adams; fixed batch size and a fixed
+            number of real rows per batch). Default ``False``.
 
     Raises:
-        ValueError: a device this machine lacks, ``cudagraphs=True`` off CUDA, a bad ``compile``, non-positive sizes, ``tau`` outside ``(0, 1]``, a non-positive ``prior_update_interval``, bad
-            bounds, or any :class:`COMBOLoss` argument outside its range.
+        ValueError: a device this machine lacks, ``cudagraphs=True`` off CUDA, a bad ``compile``, non-positive sizes,
+            ``tau`` outside ``(0, 1]``, a non-positive ``prior_update_interval``, bad bounds, or any :class:`COMBOLoss`
+            argument outside its range.
 
     Batches given to :meth:`update` are TensorDicts of shape ``(B,)`` with TorchRL's keys and ``"is_real"``:
     ``"observation" (B, O)``, ``"action" (B, A)``, ``"is_real" (B, 1)`` (bool), ``("next", "observation") (B, O)``,
@@ -614,15 +615,25 @@ class COMBO(_Learner, nn.Module):
                 without a synchronisation of their own (the batch's real/model split is still read on the host).
 
         Returns:
-            Floats (or 0-d tensors), see :class:`COMBOLoss`: ``loss_actor``, ``loss_qvalue`` (Bellman part, squared reward units),
-            ``loss_cql`` (``β Σ_j gap_j``), ``loss_alpha``, ``loss_beta``, ``alpha``, ``entropy`` (nats), ``beta``,
-            ``cql_gap``, ``q_data``, ``q_pushdown`` and ``policy_gap`` (reward units).
+            Floats (or 0-d tensors), see :class:`COMBOLoss`: ``loss_actor``, ``loss_qvalue`` (Bellman part, squared
+            reward units), ``loss_cql`` (``β Σ_j gap_j``), ``loss_alpha``, ``loss_beta``, ``alpha``, ``entropy``
+            (nats), ``beta``, ``cql_gap``, ``q_data``, ``q_pushdown`` and ``policy_gap`` (reward units).
+
+        Raises:
+            KeyError: the batch lacks a key the update reads (a ``MissingKeysError`` naming the missing keys,
+                every expected entry and its shape, and the batch's keys).
+            ValueError: an entry's last dimension is not the expected one (``O``, ``A`` or 1).
+            TypeError: ``batch`` is not a TensorDict, or an observation, action or reward is not floating point.
         """
         metrics = self._run(batch, sync)
         self.num_updates += 1
         if self.loss_module.prior == "previous_policy" and int(self.num_updates) % self.prior_update_interval == 0:
             self.loss_module.update_prior()
         return metrics
+
+    @property
+    def _EXTRA_KEYS(self) -> tuple:  # noqa: N802 - read by _Learner._batch_entries: the batch's "is_real" flag
+        return (self.loss_module.tensor_keys.is_real,)
 
     def _compile_input(self, batch: TensorDictBase) -> TensorDictBase:
         # the real/model split is read on the host here, outside the compiled (or captured) loss

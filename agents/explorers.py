@@ -29,6 +29,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives.utils import _vmap_func
 
+from ._common import MissingKeysError
 from .awac import AWACLoss
 
 __all__ = ["EXPLORERS", "OptimisticExplorer", "SwitchableExplorer", "ensemble_qvalues", "make_explorer",
@@ -94,6 +95,41 @@ def _action_bounds(actor: nn.Module, action_spec, action_key) -> tuple[torch.Ten
         raise ValueError(f"need bounded actions: give action_spec=Bounded(...) or an actor whose spec has a Bounded "
                          f"{action_key!r} entry; got {type(spec).__name__}")
     return spec.space.low.clone(), spec.space.high.clone()
+
+
+def _input_widths(actor: nn.Module) -> dict:
+    """``{in_key: width}`` for an actor reading one key through an ``nn.Linear`` first (SAC's, AWAC's and BC's
+    actors: the ``in_features`` of the first linear layer); ``{}`` when that cannot be read off the module."""
+    in_keys = list(getattr(actor, "in_keys", ()))
+    if len(in_keys) != 1:
+        return {}
+    first = next((m for m in actor.modules() if isinstance(m, nn.Linear)), None)
+    if first is None or isinstance(first, nn.LazyLinear) or not first.in_features:
+        return {}
+    return {in_keys[0]: first.in_features}
+
+
+def _check_input(what: str, tensordict, in_keys, widths: dict) -> None:
+    """The explorers' input check: a TensorDict holding ``in_keys``, each with its width from ``widths``.
+
+    Raises:
+        TypeError: not a TensorDict.
+        MissingKeysError: keys missing (the message names them, the expected keys and the keys present).
+        ValueError: an observation's last dimension differs from the actor's input width.
+    """
+    if not isinstance(tensordict, TensorDictBase):
+        raise TypeError(f"{what} takes a TensorDict with {list(in_keys)}, got {type(tensordict).__name__}")
+    values = [tensordict.get(key, None) for key in in_keys]
+    missing = [key for key, value in zip(in_keys, values) if value is None]
+    if missing:
+        expected = ", ".join(f"{key!r} (*B, {widths[key]})" if key in widths else repr(key) for key in in_keys)
+        raise MissingKeysError(f"{what}: the tensordict is missing {', '.join(map(repr, missing))}; the actor reads "
+                               f"{expected}; the tensordict has keys {list(tensordict.keys(True, True))}")
+    for key, value in zip(in_keys, values):
+        width = widths.get(key)
+        if width is not None and (value.ndim == 0 or value.shape[-1] != width):
+            raise ValueError(f"{what}: {key!r} must have shape (*B, {width}) (the actor's input width), got "
+                             f"{tuple(value.shape)}")
 
 
 class OptimisticExplorer(TensorDictModuleBase):
@@ -194,6 +230,7 @@ class OptimisticExplorer(TensorDictModuleBase):
         self.generator = generator
         self.in_keys = list(actor.in_keys)
         self.out_keys = list(dict.fromkeys([*actor.out_keys, action_key, score_key, policy_score_key]))
+        self._widths = _input_widths(actor)
 
     def scores(self, tensordict: TensorDictBase, action: torch.Tensor) -> torch.Tensor:
         """``f = Q_mean + ω Q_std`` (Eq. 2, population std) of ``action (K, B, A)`` at the states of
@@ -208,7 +245,14 @@ class OptimisticExplorer(TensorDictModuleBase):
         return q.mean(0) + self.optimism * q.std(0, correction=0)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Acts on ``tensordict (*B)``: writes ``action (*B, A)``, ``score_key (*B)`` and ``policy_score_key (*B)``."""
+        """Acts on ``tensordict (*B)``: writes ``action (*B, A)``, ``score_key (*B)`` and ``policy_score_key (*B)``.
+
+        Raises:
+            TypeError: ``tensordict`` is not a TensorDict.
+            KeyError: a key the actor reads is missing (a ``MissingKeysError`` naming it and the keys present).
+            ValueError: the observation's last dimension is not the actor's input width.
+        """
+        _check_input("OptimisticExplorer", tensordict, self.in_keys, self._widths)
         tensordict = self.actor(tensordict)
         if exploration_type() not in (ExplorationType.RANDOM, None):
             return tensordict
@@ -321,6 +365,11 @@ class SwitchableExplorer(TensorDictModuleBase):
         self.out_keys = list(dict.fromkeys(k for e in self.explorers.values() for k in e.out_keys))
         self._action_key = next((e.action_key for e in self.explorers.values() if isinstance(e, OptimisticExplorer)),
                                 "action")
+        self._widths = {}
+        for explorer in self.explorers.values():
+            self._widths.update(explorer._widths if isinstance(explorer, OptimisticExplorer)
+                                else _input_widths(getattr(explorer, "module", [explorer])[0]
+                                                   if isinstance(explorer, TensorDictSequential) else explorer))
         self._scalar_keys = list(dict.fromkeys(
             k for e in self.explorers.values() if isinstance(e, OptimisticExplorer)
             for k in (e.score_key, e.policy_score_key)))
@@ -337,7 +386,13 @@ class SwitchableExplorer(TensorDictModuleBase):
         self._active = name
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Runs the active explorer on ``tensordict (*B)``; sets the scalar keys it did not write to NaN."""
+        """Runs the active explorer on ``tensordict (*B)``; sets the scalar keys it did not write to NaN.
+
+        Raises:
+            TypeError, KeyError, ValueError: as :meth:`OptimisticExplorer.forward`, for every explorer (``"none"`` and
+                ``"gaussian"`` included): not a TensorDict, a missing key, a wrong observation width.
+        """
+        _check_input("SwitchableExplorer", tensordict, self.in_keys, self._widths)
         explorer = self.explorers[self._active]
         tensordict = explorer(tensordict)
         written = ((explorer.score_key, explorer.policy_score_key) if isinstance(explorer, OptimisticExplorer)

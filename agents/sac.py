@@ -449,7 +449,10 @@ class SAC(_Learner, nn.Module):
             ``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha`` and ``entropy`` (nats), floats or 0-d tensors.
 
         Raises:
-            TypeError: ``batch`` is not a TensorDict.
+            KeyError: the batch lacks a key the update reads (a ``MissingKeysError`` naming the missing keys,
+                every expected entry and its shape, and the batch's keys).
+            ValueError: an entry's last dimension is not the expected one (``O``, ``A`` or 1).
+            TypeError: ``batch`` is not a TensorDict, or an observation, action or reward is not floating point.
         """
         return self._run(batch, sync)
 

@@ -71,10 +71,10 @@ def add_timing_args(parser: argparse.ArgumentParser, *, steps: int, rounds: int,
     parser.add_argument("--steps", type=int, default=steps, help="steps per timing block")
     parser.add_argument("--rounds", type=int, default=rounds, help="timing blocks per contender (interleaved)")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps of each before timing")
-    parser.add_argument("--obs-dim", type=int, default=11)
-    parser.add_argument("--act-dim", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--obs-dim", type=int, default=11, help="observation size O (Hopper: 11)")
+    parser.add_argument("--act-dim", type=int, default=3, help="action size A (Hopper: 3)")
+    parser.add_argument("--batch-size", type=int, default=256, help="minibatch size")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu", help="process CPU time or elapsed time")
 
 

@@ -37,6 +37,7 @@ from tensordict import TensorDict
 
 from _timing import add_timing_args, linear_params, make_batches, setup, time_against_floor
 from cmbrl.agents import AWAC
+from cmbrl.components.cli import HelpFormatter
 
 HIDDEN = (256, 256, 256)
 NUM_COMPONENTS = 5
@@ -148,7 +149,7 @@ def check_equal(obs_dim: int, act_dim: int, batches: list[TensorDict], steps: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_timing_args(parser, steps=300, rounds=5, warmup=30)
     parser.add_argument("--no-check", action="store_true", help="skip the equality check against the floor")
     parser.add_argument("--compile", type=int, choices=(0, 1), default=0,

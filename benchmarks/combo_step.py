@@ -39,6 +39,7 @@ import torch
 
 from _timing import CLOCKS, add_timing_args, interleaved, make_batches, on_batches, print_blocks, setup
 from cmbrl import COMBO, SAC
+from cmbrl.components.cli import HelpFormatter
 
 
 class RegulariserMatmuls:
@@ -72,14 +73,18 @@ class RegulariserMatmuls:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_timing_args(parser, steps=30, rounds=5, warmup=5)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+                        help="hidden widths of the actor and critics")
     parser.add_argument("--real-ratio", type=float, default=0.5, help="share of rows marked real (COMBO 0.5)")
-    parser.add_argument("--num-action-samples", type=int, default=10)
-    parser.add_argument("--rho", choices=("model", "mixed"), default="model")
-    parser.add_argument("--prior", choices=("uniform", "previous_policy"), default="uniform")
-    parser.add_argument("--learn-beta", action="store_true")
+    parser.add_argument("--num-action-samples", type=int, default=10,
+                        help="n, actions per source and state in the regulariser (CQL, COMBO: 10)")
+    parser.add_argument("--rho", choices=("model", "mixed"), default="model",
+                        help="states of the push-down term: the model rows (COMBO) or all rows")
+    parser.add_argument("--prior", choices=("uniform", "previous_policy"), default="uniform",
+                        help="the regulariser's action prior (COMBOLoss prior)")
+    parser.add_argument("--learn-beta", action="store_true", help="learn β by CQL-Lagrange")
     parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
                         help="1: both learners with compile={'backend': --backend}")
     parser.add_argument("--unfused", type=int, choices=(0, 1), default=0,

@@ -36,18 +36,19 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from _timing import interleaved, make_batches, on_batches, setup
 from cmbrl.agents import AWAC, make_explorer
+from cmbrl.components.cli import HelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--batch-states", type=int, default=1000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--candidates", type=int, default=100, help="O3F's N candidate actions")
+    parser.add_argument("--batch-states", type=int, default=1000, help="states of the batched contenders")
     parser.add_argument("--calls", type=int, default=200,
                         help="calls per timing block (a hundredth for the batch, a tenth for the update)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--obs-dim", type=int, default=11)
-    parser.add_argument("--act-dim", type=int, default=3)
-    parser.add_argument("--critics", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="timing blocks per contender (interleaved)")
+    parser.add_argument("--obs-dim", type=int, default=11, help="observation size O (Hopper: 11)")
+    parser.add_argument("--act-dim", type=int, default=3, help="action size A (Hopper: 3)")
+    parser.add_argument("--critics", type=int, default=5, help="critics of the AWAC agent")
     args = parser.parse_args()
     setup(threads=1)
     o, a = args.obs_dim, args.act_dim

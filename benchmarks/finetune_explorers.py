@@ -160,11 +160,12 @@ def plot(path: Path, dataset: str, explorers: dict[str, dict]) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("outs", nargs="*", type=Path, help="benchmarks/learning.py --out folders")
     p.add_argument("--include", nargs="*", type=Path, default=[], help="explorers.csv files of earlier sessions")
     p.add_argument("--save", type=Path, required=True, help="folder for explorers.csv, explorers.md, figures")
-    p.add_argument("--late", type=int, default=5, help="evaluations at the end averaged per seed (default 5)")
+    p.add_argument("--late", type=int, default=5, help="evaluations at the end averaged per seed")
     args = p.parse_args(argv)
     if args.late < 1:
         p.error(f"--late must be >= 1 (evaluations to average); got {args.late}")

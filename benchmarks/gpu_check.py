@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
+from cmbrl.components.cli import HelpFormatter
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MOPO_STEPS, MOPO_ROLLOUT_EVERY, MOPO_ROLLOUT_TRANSITIONS = 1_000_000, 1_000, 50_000 * 5
@@ -232,7 +234,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (1,000 x 5 transitions, 10 updates, 5,000-transition fit): a smoke run")

@@ -629,18 +629,28 @@ def plot_dataset(path: Path, dataset: str, algos: Sequence[str], seeds: Sequence
 # command line
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` as written, with each flag's type as its metavar and its default after its help (flags without a
+    default say in their help what they default to): ``cmbrl.components.cli.HelpFormatter``, without torch here."""
+
+    def _get_default_metavar_for_optional(self, action):
+        return {int: "INT", float: "FLOAT"}.get(action.type, "STR")
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     epilog = "budgets (BUDGETS; '*': other algorithms):\n" + "\n".join(
         f"  {budget:6s} {algo}: {' '.join(to_argv(args))}" for budget, presets in BUDGETS.items()
         for algo, args in presets.items())
-    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog, formatter_class=HelpFormatter)
     parser.add_argument("--algos", nargs="+", help=f"example scripts in --examples-dir (default {DEFAULT_ALGOS}, "
                         "with --table-only: the last run's in --out)")
     parser.add_argument("--datasets", nargs="+", help="Minari ids or short names such as hopper-medium-replay "
                         f"(default {DEFAULT_DATASETS}; with --table-only: the last run's in --out)")
     parser.add_argument("--seeds", nargs="+", type=int,
-                        help=f"default {DEFAULT_SEEDS} (with --table-only: the last run's)")
+                        help=f"seeds of every cell (default {DEFAULT_SEEDS}; with --table-only: the last run's)")
     parser.add_argument("--budget", choices=list(BUDGETS), help="argument preset, see BUDGETS (default short, "
                         "with --table-only: the last run's)")
     parser.add_argument("--num-steps", type=int, help="gradient steps of every algorithm (overrides the budget)")
@@ -665,19 +675,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-prepare", action="store_true", help="don't load the datasets here before the cells")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the cells to run and exit")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
-                        help="local: --jobs threads on this machine; ray: one Ray Tune trial per cell (default local)")
+                        help="local: --jobs threads on this machine; ray: one Ray Tune trial per cell")
     ray = parser.add_argument_group("Ray backend (--backend ray; pip install 'cmbrl[ray]')")
     ray.add_argument("--address", help="the Ray cluster to join: auto (the one `ray start` runs here) or "
                      "ray://HOST:10001 (default: start a local cluster for this run)")
     ray.add_argument("--num-cpus", type=int, help="CPUs of the local cluster started without --address "
                      "(default: all cores)")
-    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per cell (default 1)")
+    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per cell")
     ray.add_argument("--gpus-per-trial", type=float, default=0.0,
                      help="GPUs reserved per cell; a fraction below 1 shares a GPU (0.25: four cells on one GPU, "
-                          "Ray's fractional GPUs; default 0)")
+                          "Ray's fractional GPUs)")
     ray.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
                      help="fifo: run every cell to the end; asha: stop cells whose normalised score lags at the "
-                          "same number of evaluations (one algorithm and one dataset per run; default fifo)")
+                          "same number of evaluations (one algorithm and one dataset per run)")
     ray.add_argument("--asha-grace-period", type=int, default=1, help="evaluations before ASHA may stop a cell")
     args = parser.parse_args(argv)
     if args.backend != "ray":

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cmbrl import SAC, ConservativeModelEnv, DynamicsEnsemble
+from cmbrl.components.cli import HelpFormatter
 from cmbrl.components.devices import DEVICE_CHOICES, resolve_device
 from cmbrl.components.termination import hopper_termination
 
@@ -117,13 +118,13 @@ def timed(fns, repeats, device, clock=time.perf_counter):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=50_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--batch", type=int, default=50_000, help="model rollouts stepped together")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--chunk", type=int, default=None,
                         help="rows per chunk (env and floor); default 4096 on the CPU, 0 (one chunk) on a GPU")
-    parser.add_argument("--device", default="cpu", help=f"{DEVICE_CHOICES} (default cpu)")
+    parser.add_argument("--device", default="cpu", help=f"{DEVICE_CHOICES}")
     parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
                         help="1: the env's prediction step through torch.compile (the floor stays eager)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend with --compile 1")

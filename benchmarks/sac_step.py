@@ -55,6 +55,7 @@ from tensordict.nn import TensorDictModule
 from torchrl.objectives import SoftUpdate
 
 from cmbrl import SAC
+from cmbrl.components.cli import HelpFormatter
 
 HIDDEN = (256, 256)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -174,7 +175,7 @@ def time_variants(batches, args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_timing_args(parser, steps=200, rounds=5, warmup=50)
     parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
                         help="1: time cmbrl.SAC(compile=...) against the eager floor")

@@ -578,7 +578,8 @@ def stale(paths: Sequence[Path] | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--check", action="store_true", help="exit 1 if a block is stale; write nothing")
     p.add_argument("--print", metavar="NAME", help="print one block and exit")
     args = p.parse_args(argv)

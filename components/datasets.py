@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.resources
+import difflib
 import io
 import json
 import os
@@ -196,10 +197,12 @@ def load_dataset(dataset_id: str, *, download: bool | None = None, progress: boo
 
     Raises:
         FileNotFoundError: the dataset is not local, not a recipe, and was not (or could not be) downloaded. The
-            message lists the local datasets and the cmbrl recipes.
+            message lists the local datasets and the cmbrl recipes, and names the recipe a near miss meant (a typo,
+            or the D4RL-style ``"hopper-medium"``).
         ValueError: an observation, action or reward is NaN or infinite (the message names the episode and the key),
             an episode does not have one more observation than actions, or the dataset has no transitions.
-        TypeError: observations or actions are not arrays (Dict / Tuple spaces are not supported).
+        TypeError: ``dataset_id`` is not a string, or observations or actions are not arrays (Dict / Tuple spaces
+            are not supported).
     """
     dataset = _open_dataset(dataset_id, download=download, progress=progress)
     cache, stamp = get_dataset_path(dataset_id) / _CACHE_DIR, _cache_stamp(dataset)
@@ -526,7 +529,8 @@ def make_dataset(
         FileNotFoundError: the policy checkpoint does not exist.
     """
     if dataset_id not in DATASET_RECIPES:
-        raise ValueError(f"No cmbrl recipe for dataset '{dataset_id}'; registered: {sorted(DATASET_RECIPES)}.")
+        raise ValueError(f"No cmbrl recipe for dataset '{dataset_id}'.{_did_you_mean(str(dataset_id))} The registered "
+                         f"recipes: {sorted(DATASET_RECIPES)}.")
     recipe = DATASET_RECIPES[dataset_id]
     if num_steps is not None and recipe.kind in ("replay", "combine"):
         raise ValueError(f"Recipe '{dataset_id}' ({recipe.kind}) has a fixed size; num_steps={num_steps} is only for "
@@ -1181,6 +1185,9 @@ def _numpy_policy(meta: dict, actor_state: dict, seed: int | None) -> Policy:
 
 def _open_dataset(dataset_id: str, *, download: bool | None, progress: bool) -> minari.MinariDataset:
     """Finds ``dataset_id`` locally, generates it from a recipe, or downloads it."""
+    if not isinstance(dataset_id, str):
+        raise TypeError(f"dataset_id must be a Minari id string such as 'cmbrl/hopper/medium-v0', got "
+                        f"{type(dataset_id).__name__}")
     if dataset_exists(dataset_id):
         return minari.load_dataset(dataset_id)
     if dataset_id in DATASET_RECIPES:
@@ -1196,14 +1203,27 @@ def _open_dataset(dataset_id: str, *, download: bool | None, progress: bool) -> 
     return minari.load_dataset(dataset_id)
 
 
+def _did_you_mean(dataset_id: str) -> str:
+    """`` Did you mean 'cmbrl/hopper/medium-v0'?`` for a near miss of a recipe id (a typo, or the D4RL-style short
+    name ``hopper-medium``), else ``""``."""
+    short = {f"{env}-{name.rsplit('-v', 1)[0]}": full
+             for full in DATASET_RECIPES for _, env, name in [full.split("/")]}  # "hopper-medium" -> its id
+    key = dataset_id.lower().strip()
+    if key in short:
+        return f" Did you mean '{short[key]}'?"
+    close = difflib.get_close_matches(key, list(DATASET_RECIPES), n=1, cutoff=0.8)
+    close = close or [short[k] for k in difflib.get_close_matches(key, list(short), n=1, cutoff=0.8)]
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
 def _not_found_message(dataset_id: str, hint: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # misconfigured local datasets are skipped by Minari with a warning
         local = sorted(minari.list_local_datasets())
     return (
         f"Minari dataset '{dataset_id}' is not in the local Minari root {get_dataset_path()} and is not a cmbrl "
-        f"recipe. {hint} This machine may have no network access. Local datasets: {local}. cmbrl recipes "
-        f"(generated on first load): {sorted(DATASET_RECIPES)}."
+        f"recipe.{_did_you_mean(dataset_id)} {hint} This machine may have no network access. Local datasets: {local}. "
+        f"cmbrl recipes (generated on first load): {sorted(DATASET_RECIPES)}."
     )
 
 

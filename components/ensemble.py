@@ -16,6 +16,7 @@ from torch import nn
 
 from .checkpoints import save_atomic
 from .devices import check_same_device, resolve_device
+from .errors import MissingKeysError
 
 __all__ = ["DynamicsEnsemble", "EnsembleLinear"]
 
@@ -168,6 +169,9 @@ class DynamicsEnsemble(nn.Module):
         return self._mlp(x, self._weights(members), self.max_logvar, self.min_logvar)
 
     def _normalise(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if not isinstance(observation, torch.Tensor) or not isinstance(action, torch.Tensor):
+            raise TypeError(f"observation and action must be torch tensors (torch.as_tensor(array) for NumPy), got "
+                            f"{type(observation).__name__} and {type(action).__name__}")
         if observation.shape[-1] != self.observation_dim or action.shape[-1] != self.action_dim:
             raise ValueError(f"expected observation (..., {self.observation_dim}) and action (..., {self.action_dim}),"
                              f" got {tuple(observation.shape)} and {tuple(action.shape)}")
@@ -178,6 +182,9 @@ class DynamicsEnsemble(nn.Module):
         if observation.device != device or action.device != device:
             check_same_device("observation", observation, device, "the ensemble")
             check_same_device("action", action, device, "the ensemble")
+        dtype = self.input_mean.dtype
+        if observation.dtype != dtype or action.dtype != dtype:  # float64 (MuJoCo's) inputs: the ensemble's float32
+            observation, action = observation.to(dtype), action.to(dtype)
         return (torch.cat([observation, action], dim=-1) - self.input_mean) / self.input_std
 
     def forward(
@@ -202,12 +209,16 @@ class DynamicsEnsemble(nn.Module):
 
             All on the ensemble's :attr:`device`.
 
+        Inputs of another floating dtype (MuJoCo's float64) are cast to the ensemble's float32.
+
         Raises:
+            TypeError: ``observation`` or ``action`` is not a tensor (a NumPy array, say).
             ValueError: wrong feature sizes, mismatched batch shapes, or inputs on another device than the ensemble
                 (naming both devices).
         """
         index = self._member_index(members)
         x = self._normalise(observation, action)
+        observation = observation.to(x.dtype)  # float64 inputs are computed in the ensemble's float32
         num = self.num_members if index is None else index.numel()
         if chunk_size is None or x.shape[0] <= chunk_size:
             mean, logvar = self._raw(x.unsqueeze(0).expand(num, -1, -1), index)
@@ -235,14 +246,23 @@ class DynamicsEnsemble(nn.Module):
             ``mean``, ``std``: ``(B, O + 1)`` (next observation, reward last), on the ensemble's device.
 
         Raises:
-            ValueError: wrong shapes, or inputs on another device than the ensemble.
+            TypeError: ``observation`` or ``action`` is not a tensor.
+            ValueError: wrong shapes (``member`` not ``(B,)`` included), a member index ``>= E``, or inputs on another
+                device than the ensemble.
         """
         x = self._normalise(observation, action)
+        if not isinstance(member, torch.Tensor) or member.shape != x.shape[:1]:
+            raise ValueError(f"member must be a (B,) = ({x.shape[0]},) tensor of member indices (one per row), got "
+                             f"{tuple(member.shape) if isinstance(member, torch.Tensor) else type(member).__name__}")
         member = member.to(x.device)
+        observation = observation.to(x.dtype)
         mean = x.new_empty(x.shape[0], self.observation_dim + 1)
         logvar = torch.empty_like(mean)
         order = torch.argsort(member)
         counts = torch.bincount(member, minlength=self.num_members).tolist()
+        if len(counts) > self.num_members:
+            raise ValueError(f"member indices must be in [0, {self.num_members}) (all E members), got "
+                             f"{len(counts) - 1}")
         for k, rows in enumerate(order.split(counts)):
             if rows.numel():
                 m, lv = self._raw(x[rows].unsqueeze(0), slice(k, k + 1))  # views: keeps the elites' cache intact
@@ -307,12 +327,20 @@ class DynamicsEnsemble(nn.Module):
             ``holdout_mse_final`` (per member), ``train_loss`` (per epoch), ``epochs``, ``elites``.
 
         Raises:
-            ValueError: missing keys, wrong shapes, non-finite values, fewer than 2 transitions, or ``max_epochs`` not
-                a positive int or None.
+            TypeError: ``transitions`` is not a TensorDict.
+            KeyError: missing keys (a ``MissingKeysError``, also a ``ValueError``, naming them and the keys present).
+            ValueError: wrong shapes (``("next", "observation")`` not ``(N, O)``, a reward not ``(N, 1)``/``(N,)``),
+                non-finite values, fewer than 2 transitions, ``holdout_ratio`` outside ``[0, 1)``, ``max_holdout``,
+                ``batch_size`` or ``patience`` not a positive int, or ``max_epochs`` not a positive int or None.
         """
         if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)
                                        or max_epochs < 1):
             raise ValueError(f"max_epochs must be a positive int or None (no cap), got {max_epochs!r}")
+        if not 0.0 <= holdout_ratio < 1.0:
+            raise ValueError(f"holdout_ratio must be in [0, 1), got {holdout_ratio!r}")
+        for name, value in (("max_holdout", max_holdout), ("batch_size", batch_size), ("patience", patience)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         observation, action, next_observation, reward = self._check_transitions(transitions)
         device = self.device
         observation, action, next_observation, reward = (t.to(device) for t in (observation, action,
@@ -393,16 +421,27 @@ class DynamicsEnsemble(nn.Module):
                 p[k] = s
 
     def _check_transitions(self, transitions: TensorDictBase) -> tuple[torch.Tensor, ...]:
+        if not isinstance(transitions, TensorDictBase):
+            raise TypeError(f"transitions must be a TensorDict (N,) of transitions (load_dataset's output), got "
+                            f"{type(transitions).__name__}")
         keys = ["observation", "action", ("next", "observation"), ("next", "reward")]
         missing = [k for k in keys if k not in transitions.keys(include_nested=True)]
         if missing:
-            raise ValueError(f"transitions lack keys {missing}; need {keys}")
+            raise MissingKeysError(f"transitions lack keys {missing}; need {keys}; they have "
+                                   f"{list(transitions.keys(True, True))}")
         observation = transitions["observation"].float()
         action = transitions["action"].float()
         next_observation = transitions["next", "observation"].float()
-        reward = transitions["next", "reward"].float().reshape(-1, 1)
+        reward = transitions["next", "reward"].float()
         if observation.ndim != 2 or observation.shape[-1] != self.observation_dim:
             raise ValueError(f"observation must be (N, {self.observation_dim}), got {tuple(observation.shape)}")
+        if next_observation.shape != observation.shape:
+            raise ValueError(f"('next', 'observation') must be (N, {self.observation_dim}) like 'observation' "
+                             f"{tuple(observation.shape)}, got {tuple(next_observation.shape)}")
+        if reward.shape not in ((observation.shape[0],), (observation.shape[0], 1)):
+            raise ValueError(f"('next', 'reward') must be (N, 1) or (N,) with N = {observation.shape[0]}, got "
+                             f"{tuple(reward.shape)}")
+        reward = reward.reshape(-1, 1)
         if action.ndim != 2 or action.shape[-1] != self.action_dim:
             raise ValueError(f"action must be (N, {self.action_dim}), got {tuple(action.shape)}")
         if observation.shape[0] < 2:

@@ -20,6 +20,7 @@ References:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -30,10 +31,22 @@ __all__ = ["PenaltyFn", "PENALTIES", "get_penalty", "max_aleatoric", "max_pairwi
 PenaltyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _mark(requires_all: bool):
+def _mark(requires_all: bool, reads_member: bool = False):
+    """Registers ``requires_all_members`` on a built-in estimator and checks its inputs' shapes (a wrong shape would
+    otherwise give a broadcast error, an IndexError or, for 2-D inputs, a silently wrong reduction)."""
     def wrap(fn):
-        fn.requires_all_members = requires_all
-        return fn
+        @functools.wraps(fn)
+        def checked(mean: torch.Tensor, std: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+            if mean.ndim != 3 or std.shape != mean.shape:
+                raise ValueError(f"{fn.__name__}: mean and std must both be (E, B, D) (members, rows, next observation "
+                                 f"and reward), got {tuple(mean.shape)} and {tuple(std.shape)}")
+            if reads_member and (not isinstance(member, torch.Tensor) or member.shape != mean.shape[1:2]):
+                got = tuple(member.shape) if isinstance(member, torch.Tensor) else member
+                raise ValueError(f"{fn.__name__} reads the sampled member of each row: member must be (B,) = "
+                                 f"({mean.shape[1]},), got {got}")
+            return fn(mean, std, member)
+        checked.requires_all_members = requires_all
+        return checked
     return wrap
 
 
@@ -80,18 +93,18 @@ def ensemble_std(mean: torch.Tensor, std: torch.Tensor, member: torch.Tensor) ->
     return variance.sqrt().norm(dim=-1)
 
 
-@_mark(False)
+@_mark(False, reads_member=True)
 def individual_std(mean: torch.Tensor, std: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """``||std_k||_2`` of the member ``k`` that produced the row (report's "individual variance", seeds/003)."""
     rows = torch.arange(std.shape[1], device=std.device)
     return std[member, rows].norm(dim=-1)
 
 
-@_mark(True)
+@_mark(True, reads_member=True)
 def combined(mean: torch.Tensor, std: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """``0.5 · individual_std + 0.5 · max_aleatoric``: the report's best penalty ("combined variance",
     seeds/003, section VI.A, table of normalised scores)."""
-    return 0.5 * individual_std(mean, std, member) + 0.5 * max_aleatoric(mean, std, member)
+    return 0.5 * individual_std.__wrapped__(mean, std, member) + 0.5 * max_aleatoric.__wrapped__(mean, std, member)
 
 
 @_mark(False)

@@ -20,6 +20,15 @@ __all__ = ["TerminationFn", "TERMINATION_FNS", "get_termination_fn", "hopper_ter
 TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _check_width(name: str, next_observation: torch.Tensor, width: int) -> None:
+    """Raises ``ValueError`` unless ``next_observation`` is ``(B, width)`` (the environment's observation layout)."""
+    if not isinstance(next_observation, torch.Tensor) or next_observation.ndim != 2 \
+            or next_observation.shape[-1] != width:
+        shape = tuple(next_observation.shape) if isinstance(next_observation, torch.Tensor) else next_observation
+        raise ValueError(f"{name} reads next_observation (B, {width}) (the v5 environment's observation), got "
+                         f"{shape}")
+
+
 def hopper_termination(observation: torch.Tensor, action: torch.Tensor, next_observation: torch.Tensor) -> torch.Tensor:
     """Hopper-v5: unhealthy when ``z <= 0.7``, ``|angle| >= 0.2`` or any of ``next_observation[1:]`` leaves
     ``(-100, 100)`` (``healthy_z_range``, ``healthy_angle_range``, ``healthy_state_range`` defaults).
@@ -30,7 +39,11 @@ def hopper_termination(observation: torch.Tensor, action: torch.Tensor, next_obs
 
     Returns:
         ``(B,)`` bool, True where the episode terminates.
+
+    Raises:
+        ValueError: ``next_observation`` is not ``(B, 11)``.
     """
+    _check_width("hopper_termination", next_observation, 11)
     z, angle = next_observation[:, 0], next_observation[:, 1]
     healthy_state = ((next_observation[:, 1:] > -100.0) & (next_observation[:, 1:] < 100.0)).all(dim=-1)
     healthy = healthy_state & (z > 0.7) & (angle > -0.2) & (angle < 0.2)
@@ -46,7 +59,11 @@ def walker2d_termination(observation: torch.Tensor, action: torch.Tensor, next_o
 
     Returns:
         ``(B,)`` bool, True where the episode terminates.
+
+    Raises:
+        ValueError: ``next_observation`` is not ``(B, 17)``.
     """
+    _check_width("walker2d_termination", next_observation, 17)
     z, angle = next_observation[:, 0], next_observation[:, 1]
     healthy = (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
     return ~healthy
@@ -57,9 +74,18 @@ def halfcheetah_termination(observation: torch.Tensor, action: torch.Tensor, nex
 
     Returns:
         ``(B,)`` bool, all False.
+
+    Raises:
+        ValueError: ``next_observation`` is not ``(B, 17)``.
     """
+    _check_width("halfcheetah_termination", next_observation, 17)
     return torch.zeros(next_observation.shape[0], dtype=torch.bool, device=next_observation.device)
 
+
+# the observation width each registered function reads (ModelEnv checks it against its ensemble at construction)
+hopper_termination.observation_dim = 11
+walker2d_termination.observation_dim = 17
+halfcheetah_termination.observation_dim = 17
 
 TERMINATION_FNS: dict[str, TerminationFn] = {
     "hopper": hopper_termination,

@@ -50,7 +50,10 @@ __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "re
            "mean_metrics", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
            "file_lock", "fit_or_load_ensemble", "plot_learning_curve", "COMBO_HYPERPARAMETERS",
            "combo_hyperparameters", "train_in_model", "default_max_transitions", "negative_reward_warning",
-           "rollout_stats"]
+           "rollout_stats", "RESULTS_DIR", "reference_scores", "reference_lines", "final_score_line"]
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+"""The saved benchmark results (``benchmarks/results/<folder>/results.csv``) where BC's reference rows are read."""
 
 
 def mopo_hyperparameters(dataset_id: str) -> tuple[int, float]:
@@ -102,18 +105,14 @@ def resolve_model_settings(args):
 
 
 def parse_dataclass_args(cls, argv: Sequence[str] | None = None, description: str | None = None):
-    """Parses ``--field-name VALUE`` for every field of the dataclass ``cls`` (typed by its default) into a ``cls``.
+    """Parses ``--field-name VALUE`` for every field of the dataclass ``cls`` into a ``cls`` (tyro): ``--help``
+    shows ``description`` (the script's docstring) and each flag's type, attribute docstring and default.
 
-    Each field's attribute docstring is not visible to argparse; ``description`` (the script's docstring) is shown
-    by ``--help``.
+    See :func:`cmbrl.components.cli.parse_dataclass_args`.
     """
-    import argparse
-    import dataclasses
+    from .cli import parse_dataclass_args as parse
 
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(cls):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    return cls(**vars(parser.parse_args(argv)))
+    return parse(cls, argv, description)
 
 
 def resolve_run_device(args) -> torch.device:
@@ -352,6 +351,56 @@ def fit_or_load_ensemble(folder: str | Path, dataset_id: str, data: TensorDictBa
     return DynamicsEnsemble.load(path, map_location=device), fit
 
 
+def reference_scores(dataset_id: str, results_dir: str | Path | None = None) -> dict[str, float]:
+    """What a learner's normalised score is judged against: the dataset's own and behaviour cloning's.
+
+    Returns:
+        ``{"data": ..., "BC": ...}`` on the D4RL scale (0 random, 100 expert), each only where it exists:
+        ``"data"`` is the dataset card's mean episode return (:func:`cmbrl.datasets.dataset_card`, complete
+        episodes) normalised with :func:`minari.get_normalized_score` (absent when the dataset has no reference
+        scores or is not local); ``"BC"`` is the mean over seeds of the finished ``bc`` rows of that dataset in the
+        saved learning benchmarks (``<results_dir>/*/results.csv``, default :data:`RESULTS_DIR`; absent when none
+        ran BC on it, or outside a source checkout).
+    """
+    import csv
+
+    import minari
+
+    references: dict[str, float] = {}
+    try:
+        from cmbrl.datasets import dataset_card
+
+        card = dataset_card(dataset_id)
+        score = minari.get_normalized_score(minari.load_dataset(dataset_id), np.asarray([card["return_mean"]]))
+        references["data"] = 100 * float(np.asarray(score).reshape(-1)[0])
+    except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError, ImportError):
+        pass  # no card, no reference scores: no data line
+    bc: dict[tuple[str, str], float] = {}  # (seed, score): the same cell restored into several folders counts once
+    for path in sorted(Path(RESULTS_DIR if results_dir is None else results_dir).glob("*/results.csv")):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if (row.get("algo") == "bc" and row.get("dataset") == dataset_id and row.get("status") == "done"
+                        and row.get("normalized_score")):
+                    bc[(row.get("seed", ""), row["normalized_score"])] = float(row["normalized_score"])
+    if bc:
+        references["BC"] = float(np.mean(list(bc.values())))
+    return references
+
+
+def reference_lines(references: dict[str, float]) -> dict[str, float]:
+    """:func:`reference_scores` as :func:`plot_learning_curve`'s labelled lines: ``{"data average 8.3": 8.3,
+    "BC 10.0": 10.0}``."""
+    names = {"data": "data average"}
+    return {f"{names.get(key, key)} {value:.1f}": value for key, value in references.items()}
+
+
+def final_score_line(score: float, references: dict[str, float]) -> str:
+    """The last line an example prints: ``final score 22.8 (data 8.3, BC 10.0)``; a reference that does not exist
+    is left out (``final score 22.8``, ``final score 22.8 (data 8.3)``)."""
+    shown = ", ".join(f"{key} {value:.1f}" for key, value in references.items())
+    return f"final score {score:.1f}" + (f" ({shown})" if shown else "")
+
+
 def plot_learning_curve(path: str | Path, history: Sequence[dict], title: str,
                         references: dict[str, float] | None = None) -> None:
     """Saves a two-panel PNG: normalised score, and Q on data against the data's MC return, over gradient steps.
@@ -485,7 +534,8 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
         The result written to ``<out>/result.json``: ``normalized_score`` (the last evaluation), ``history``,
         ``args``, ``wall_time_s``, ``ensemble_fit`` and where it ran (:func:`device_record`: ``device``,
         ``torch``, ``cuda``, ``gpu``). Also writes ``history_seed<S>.json``,
-        ``learning_curve_seed<S>.png`` and ``checkpoint_seed<S>.pt``.
+        ``learning_curve_seed<S>.png`` (with the dataset's average and BC's score as reference lines,
+        :func:`reference_scores`) and ``checkpoint_seed<S>.pt``, and prints ``final score S (data D, BC B)`` last.
 
     Raises:
         SystemExit: when the checkpoint was made with other settings (outside ``resumable``), or for an unknown
@@ -587,7 +637,9 @@ def train_in_model(args, *, name: str, agent, env, eval_env, data: TensorDictBas
               "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, "ensemble_fit": fit,
               **device_record(device)}
     (out / f"history_seed{args.seed}.json").write_text(json.dumps(history, indent=1))
-    plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history, title)
+    references = reference_scores(args.dataset)  # the dataset's average and BC's score, where they exist
+    plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history, title, reference_lines(references))
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
+    print(final_score_line(history[-1]["normalized_score"], references), flush=True)
     return result

@@ -47,7 +47,8 @@ class GymVectorModelEnv(gymnasium.vector.VectorEnv):
     float32 C-contiguous array is passed to torch without a copy (on a CPU env; on a GPU env it is copied to the
     env's device once per step). Devices: the wrapped env may live on any device; everything returned is NumPy on
     the CPU, as Gymnasium requires, copied from the device in one transfer per ``step``. All calls run under
-    ``torch.no_grad()``. This wrapper owns ``env``: :meth:`close` closes it. Rendering is not supported (``render_mode`` is None).
+    ``torch.no_grad()``. This wrapper owns ``env``: :meth:`close` closes it. Rendering is not supported (``render_mode``
+    is None).
 
     Args:
         env: a TorchRL env with batch size ``(B,)``, an ``"observation"`` entry ``(B, O)``, a continuous

@@ -160,6 +160,10 @@ class ModelEnv(EnvBase, metaclass=_keeps_compile_kwarg(type(EnvBase))):
         self.ensemble = ensemble.to(self.device).eval()
         self.penalty = get_penalty(penalty)
         self.termination_fn = get_termination_fn(termination_fn)
+        width = getattr(self.termination_fn, "observation_dim", None)  # the registered functions' observation width
+        if width is not None and width != ensemble.observation_dim:
+            raise ValueError(f"termination_fn {termination_fn!r} reads {width}-dimensional observations; the "
+                             f"ensemble's observation_dim is {ensemble.observation_dim}")
         self.halt_threshold, self.halt_penalty = halt_threshold, float(halt_penalty)
         if chunk_size == "auto":
             chunk_size = 4096 if self.device.type == "cpu" else None
@@ -272,8 +276,7 @@ class ModelEnv(EnvBase, metaclass=_keeps_compile_kwarg(type(EnvBase))):
 
     @torch.no_grad()
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        observation = tensordict["observation"]
-        action = tensordict["action"]
+        observation, action = self._step_inputs(tensordict)
         batch, dim = observation.shape[0], self.ensemble.observation_dim + 1
         # Drawn outside any compiled code, in this order, so that eager and compiled rollouts see the same numbers.
         member = torch.randint(self.ensemble.num_elites, (batch,), generator=self.rng, device=self.device)
@@ -312,6 +315,32 @@ class ModelEnv(EnvBase, metaclass=_keeps_compile_kwarg(type(EnvBase))):
              "truncated": torch.zeros_like(terminated), "done": terminated.clone()},
             batch_size=self.batch_size, device=self.device,
         )
+
+    def _step_inputs(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """``observation (B, O)`` and ``action (B, A)`` (float32) of a step's input, checked.
+
+        Raises:
+            KeyError: ``"observation"`` or ``"action"`` is missing (the message names the keys present).
+            ValueError: the action's shape is not ``(B, A)`` (the message names both), or the observation's is not
+                ``(B, O)``.
+        """
+        observation, action = tensordict.get("observation", None), tensordict.get("action", None)
+        batch, obs_dim, act_dim = self.batch_size[0], self.ensemble.observation_dim, self.ensemble.action_dim
+        if observation is None or action is None:
+            missing = [key for key, value in (("observation", observation), ("action", action)) if value is None]
+            raise KeyError(f"{type(self).__name__}.step: the tensordict is missing {missing}; a step reads "
+                           f"'observation' (B, O) = ({batch}, {obs_dim}) and 'action' (B, A) = ({batch}, {act_dim}); "
+                           f"it has keys {list(tensordict.keys(True, True))}")
+        if action.shape != (batch, act_dim):
+            raise ValueError(f"{type(self).__name__}.step: the action has shape {tuple(action.shape)}; expected "
+                             f"(B, A) = ({batch}, {act_dim}) (the env's batch size, the ensemble's action_dim)")
+        if observation.shape != (batch, obs_dim):
+            raise ValueError(f"{type(self).__name__}.step: the observation has shape {tuple(observation.shape)}; "
+                             f"expected (B, O) = ({batch}, {obs_dim}) (the env's batch size, the ensemble's "
+                             f"observation_dim)")
+        if action.dtype != torch.float32:  # a float64 (or integer) action would stop at the ensemble's matmul
+            action = action.to(torch.float32)
+        return observation, action
 
     def _cudagraph_call(self, rows, tensors) -> tuple:
         torch.compiler.cudagraph_mark_step_begin()

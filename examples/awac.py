@@ -34,8 +34,9 @@ from cmbrl.agents import AWAC
 from cmbrl.components import save_atomic
 from cmbrl.components.training import (critic_values, dataset_env_id, device_record, evaluate_policy, file_lock,
                                        learner_kwargs, load_checkpoint, make_eval_env, make_q_probe,
-                                       parse_dataclass_args, plot_learning_curve, resolve_run_device,
-                                       restore_rng_state, rng_state)
+                                       final_score_line, parse_dataclass_args, plot_learning_curve,
+                                       reference_lines, reference_scores, resolve_run_device, restore_rng_state,
+                                       rng_state)
 
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "device", "compile",
              "compile_backend", "cudagraphs"}  # may change on resume
@@ -177,12 +178,15 @@ def _train(args: Args, out: Path, device: torch.device) -> dict:
     bar.close()
     save_atomic({"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
                  "action_dim": act_dim, "args": dataclasses.asdict(args), "history": history}, out / "agent.pt")
+    references = reference_scores(args.dataset)  # the dataset's average and BC's score, where they exist
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
-                        f"AWAC on {args.dataset} ({args.actor}, λ={args.temperature:.3g}, seed {args.seed})")
+                        f"AWAC on {args.dataset} ({args.actor}, λ={args.temperature:.3g}, seed {args.seed})",
+                        reference_lines(references))
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
               "args": dataclasses.asdict(args), "wall_time_s": time.time() - started, **device_record(device)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
+    print(final_score_line(history[-1]["normalized_score"], references), flush=True)
     return result
 
 

@@ -11,7 +11,6 @@ Minari dataset and reports the mean return and the D4RL-normalised score (100 = 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -25,7 +24,7 @@ from torchrl.data import RandomSampler, ReplayBuffer, TensorStorage
 from torchrl.record.loggers import get_logger
 
 from cmbrl import BC, load_dataset
-from cmbrl.components.training import device_record, learner_kwargs, resolve_run_device
+from cmbrl.components.training import device_record, learner_kwargs, parse_dataclass_args, resolve_run_device
 
 
 @dataclasses.dataclass
@@ -133,11 +132,9 @@ def main(args: Args) -> dict:
     return result
 
 
+def parse_args(argv: list[str] | None = None) -> Args:
+    return parse_dataclass_args(Args, argv, __doc__)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Args):
-        if isinstance(field.default, bool):  # --normalize / --no-normalize
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
-        else:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    print(f"normalized_score={main(Args(**vars(parser.parse_args())))['normalized_score']:.2f}")
+    print(f"normalized_score={main(parse_args())['normalized_score']:.2f}")

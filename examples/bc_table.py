@@ -22,16 +22,19 @@ from bc import Args as BCArgs  # noqa: E402
 from bc import main as bc_main  # noqa: E402
 
 from cmbrl.components.datasets import DATASET_RECIPES, dataset_card, resolve_dataset_id  # noqa: E402
+from cmbrl.components.cli import HelpFormatter  # noqa: E402
 from cmbrl.components.training import resolve_run_device  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASET_RECIPES), help="names or Minari ids")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--num-steps", type=int, default=BCArgs.num_steps)
-    parser.add_argument("--eval-episodes", type=int, default=BCArgs.eval_episodes)
-    parser.add_argument("--out", default="runs/bc_table")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="BC seeds per dataset")
+    parser.add_argument("--num-steps", type=int, default=BCArgs.num_steps,
+                        help="BC gradient steps per run (examples/bc.py's --num-steps)")
+    parser.add_argument("--eval-episodes", type=int, default=BCArgs.eval_episodes,
+                        help="evaluation episodes per run")
+    parser.add_argument("--out", default="runs/bc_table", help="folder of the runs and the table")
     parser.add_argument("--device", default=BCArgs.device, help="examples/bc.py's --device: auto (CUDA when torch "
                         "sees one, else the CPU), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)

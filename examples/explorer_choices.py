@@ -28,6 +28,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cmbrl import load_dataset
 from cmbrl.agents import AWAC, OptimisticExplorer, ensemble_qvalues
+from cmbrl.components.cli import HelpFormatter
 from cmbrl.components.devices import DEVICE_CHOICES
 from cmbrl.components.training import dataset_env_id, load_checkpoint, resolve_run_device
 
@@ -54,14 +55,14 @@ def choice_stats(agent: AWAC, observations: torch.Tensor, num_candidates: int = 
 
 
 def main(argv=None) -> dict[str, float]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("agent", help="agent.pt of examples/awac.py or examples/finetune.py (offline/agent.pt)")
     p.add_argument("--dataset", default=None, help="states from this dataset (default: the agent's)")
-    p.add_argument("--num-states", type=int, default=1000)
+    p.add_argument("--num-states", type=int, default=1000, help="dataset states to choose actions in")
     p.add_argument("--num-candidates", type=int, default=100, help="N (O3F §5.3: 100)")
     p.add_argument("--sigma", type=float, default=0.2, help="σ (O3F §5.3: 0.2 for locomotion)")
     p.add_argument("--optimism", type=float, default=0.0, help="ω (O3F: 0; 1 in §6.3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the state draw and the candidates")
     p.add_argument("--device", default="auto", help=f"where the agent and the states live: {DEVICE_CHOICES} "
                    "(auto: CUDA when torch sees one, else the CPU)")
     args = p.parse_args(argv)

@@ -19,7 +19,6 @@ return) are evaluated stochastically (``--episodes`` each); results are cached i
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import tqdm
 
 from cmbrl.components.datasets import ENVS, load_policy
+from cmbrl.components.cli import parse_dataclass_args
 
 
 @dataclasses.dataclass
@@ -145,7 +145,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Args):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    main(Args(**vars(parser.parse_args())))
+    main(parse_dataclass_args(Args, None, __doc__))

@@ -53,11 +53,11 @@ from cmbrl import ConservativeModelEnv, load_dataset
 from cmbrl.agents import AWAC
 from cmbrl.components import save_atomic
 from cmbrl.components.training import (accumulate_metrics, compile_setting, critic_values, default_max_transitions,
-                                       device_record, evaluate_policy, fit_or_load_ensemble, learner_kwargs,
-                                       load_checkpoint, make_eval_env, make_q_probe, mean_metrics,
+                                       device_record, evaluate_policy, final_score_line, fit_or_load_ensemble,
+                                       learner_kwargs, load_checkpoint, make_eval_env, make_q_probe, mean_metrics,
                                        negative_reward_warning, parse_dataclass_args, plot_learning_curve,
-                                       resolve_model_settings, resolve_run_device, restore_rng_state, rng_state,
-                                       rollout_stats)
+                                       reference_lines, reference_scores, resolve_model_settings, resolve_run_device,
+                                       restore_rng_state, rng_state, rollout_stats)
 
 RESUMABLE = {"iterations", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "awac_out", "device",
              "compile", "compile_backend", "cudagraphs"}
@@ -279,14 +279,17 @@ def main(args: Args) -> dict:
                          **rng_state(device), "args": dataclasses.asdict(args),
                          "wall_time_s": time.time() - started}, ckpt_path)
     bar.close()
+    references = reference_scores(args.dataset)  # the dataset's average and BC's score, where they exist
     plot_learning_curve(out / f"learning_curve_seed{args.seed}.png", history,
                         f"MB2PO on {args.dataset} (λ={args.penalty_coef}, h={args.horizon}, ω={args.real_ratio}, "
-                        f"seed {args.seed})", references={"AWAC (start)": history[0]["normalized_score"]})
+                        f"seed {args.seed})", references={"AWAC (start)": history[0]["normalized_score"],
+                                                          **reference_lines(references)})
     result = {"normalized_score": history[-1]["normalized_score"], "history": history,
               "awac_normalized_score": history[0]["normalized_score"], "args": dataclasses.asdict(args),
               "wall_time_s": time.time() - started, "ensemble_fit": fit, **device_record(device)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: history[-1][k] for k in ("step", "return", "normalized_score")}))
+    print(final_score_line(history[-1]["normalized_score"], references), flush=True)
     return result
 
 

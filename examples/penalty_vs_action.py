@@ -18,20 +18,22 @@ import torch
 
 from cmbrl import DynamicsEnsemble, load_dataset
 from cmbrl.components.datasets import resolve_dataset_id
+from cmbrl.components.cli import HelpFormatter
 from cmbrl.components.devices import DEVICE_CHOICES
 from cmbrl.components.penalties import PENALTIES
 from cmbrl.components.training import resolve_run_device
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--ensemble", required=True, help="a DynamicsEnsemble.save file")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--max-transitions", type=int, default=0)
-    parser.add_argument("--num-states", type=int, default=5000)
+    parser.add_argument("--dataset", required=True, help="Minari id or short name of the states")
+    parser.add_argument("--max-transitions", type=int, default=0,
+                        help="the first N transitions of the dataset (0: all)")
+    parser.add_argument("--num-states", type=int, default=5000, help="dataset states to probe")
     parser.add_argument("--penalty-coef", type=float, default=1.0, help="λ, to express λ·u next to the reward")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the state draw")
+    parser.add_argument("--json", default="", help="also write the numbers to this JSON file")
     parser.add_argument("--device", default="auto", help=f"where the ensemble runs: {DEVICE_CHOICES} (auto: CUDA "
                         "when torch sees one, else the CPU)")
     args = parser.parse_args(argv)

@@ -12,7 +12,6 @@ return (MOPO, arXiv:2005.13239, section 5.1).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -28,8 +27,8 @@ from torchrl.record import CSVLogger
 
 from cmbrl import SAC
 from cmbrl.components import save_atomic
-from cmbrl.components.training import (learner_kwargs, load_checkpoint, make_eval_env, resolve_run_device,
-                                       restore_rng_state, rng_state)
+from cmbrl.components.training import (learner_kwargs, load_checkpoint, make_eval_env, parse_dataclass_args,
+                                       resolve_run_device, restore_rng_state, rng_state)
 
 
 @dataclasses.dataclass
@@ -145,7 +144,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Args):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    main(Args(**vars(parser.parse_args())))
+    main(parse_dataclass_args(Args, None, __doc__))

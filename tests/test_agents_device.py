@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 
+import math
+
 import pytest
 import torch
 import torch._inductor.config
@@ -154,6 +156,23 @@ def check_compiled_matches_eager(name, dev, compile):
 @pytest.mark.parametrize("name", LEARNERS)
 def test_compiled_update_matches_eager_aot_eager(dev, name):
     check_compiled_matches_eager(name, dev, AOT_EAGER)
+
+
+@pytest.mark.parametrize("name", ("sac", "combo"))
+def test_compiled_update_reused_batch_does_not_recompile(name):
+    """The loss writes its priority into the batch; a batch given again (or a fresh one) must not change the
+    structure the compiled graph was traced with (it did: ``td_error`` made every reused batch a recompilation)."""
+    torch._dynamo.reset()
+    agent = make(name, compile=AOT_EAGER)
+    for seed in range(2):  # the first two updates compile (Adam's state is created at the first step)
+        agent.update(make_batch(seed=seed))
+    batch = make_batch(seed=5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        first = agent.update(batch)
+        agent.update(batch)  # now holds td_error from the previous call
+        agent.update(make_batch(seed=6))
+    assert "td_error" in batch.keys() and batch["td_error"].shape == (32,)
+    assert all(math.isfinite(value) for value in first.values())
 
 
 @pytest.mark.slow

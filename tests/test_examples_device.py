@@ -5,6 +5,7 @@ The compiled runs use ``--compile-backend aot_eager`` (dynamo and AOTAutograd wi
 seconds instead of up to a minute per compile on 2 cores); the inductor runs are marked ``slow`` (``pytest -m
 slow``), the CUDA ones ``cuda`` (skipped without a GPU).
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import torch
 
 from cmbrl import make_dataset
 from cmbrl.components import training
+from cmbrl.components.cli import field_helps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -133,6 +135,36 @@ def test_every_device_flag_is_documented_and_parsed():
                             "--cudagraphs", "0"])
     assert (args.device, args.compile, args.compile_backend, args.cudagraphs) == ("cpu", 1, "aot_eager", 0)
     assert mopo.Args().device == "auto" and mopo.Args().compile == 0 and mopo.Args().cudagraphs == 0
+
+
+def test_help_shows_each_flags_description_type_and_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        mopo.parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # the help panel wraps lines
+    assert "MOPO (Yu et al., arXiv:2005.13239, Algorithm 2)" in text  # the script's docstring
+    assert "--penalty-coef FLOAT λ; negative: OfflineRL-Kit's value for this dataset" in text
+    assert "(default: -1.0)" in text and "--num-steps INT SAC gradient steps" in text
+    # a docstring's indented continuation lines are folded into one paragraph
+    assert "else the first 100k). MOPO fits its model on the whole dataset" in text
+    for name, module in MODULES.items():  # every field of every learner has its description
+        assert set(field_helps(module.Args)) == {field.name for field in dataclasses.fields(module.Args)}, name
+
+
+def test_flags_keep_their_names_and_wrong_ones_name_the_flag(capsys):
+    args = mopo.parse_args(["--penalty-coef", "2.5", "--num-steps", "10", "--progress", "0", "--compile", "1",
+                            "--target-entropy", "-3"])
+    assert (args.penalty_coef, args.num_steps, args.progress, args.compile, args.target_entropy) == (
+        2.5, 10, 0, 1, "-3")
+    assert bc.parse_args(["--no-normalize"]).normalize is False and bc.parse_args([]).normalize is True
+    with pytest.raises(SystemExit) as exit_:
+        mopo.parse_args(["--num-step", "10"])  # misspelt: the close match is offered
+    error = " ".join(capsys.readouterr().err.split())
+    assert exit_.value.code == 2 and "--num-step" in error and "--num-steps INT" in error
+    with pytest.raises(SystemExit):
+        mopo.parse_args(["--num-steps", "ten"])
+    error = " ".join(capsys.readouterr().err.split())
+    assert "--num-steps" in error and "'ten'" in error
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -109,10 +109,16 @@ def rollout(env, steps=3, seed=0):
 
 def test_model_env_on_device_every_penalty_and_termination(dev):
     """Start states (and the transitions the clip box comes from) arrive on the CPU and are moved once."""
-    ensemble = tiny_ensemble().to(dev)
-    data = TensorDict({"observation": healthy_starts(), "next": {"observation": healthy_starts() + 0.1}}, [64])
+    hopper_like = tiny_ensemble().to(dev)
+    hopper_data = TensorDict({"observation": healthy_starts(), "next": {"observation": healthy_starts() + 0.1}}, [64])
+    # walker2d's and halfcheetah's rules read 17-dimensional observations: an ensemble of that width
+    wide = DynamicsEnsemble(17, 6, num_members=4, num_elites=3, hidden_sizes=(32, 32), weight_decay=(0, 0, 0),
+                            seed=0).to(dev)
+    starts = torch.cat([healthy_starts(), torch.zeros(64, 6)], -1)
+    wide_data = TensorDict({"observation": starts, "next": {"observation": starts + 0.1}}, [64])
     for penalty in PENALTIES:
         for termination in [*TERMINATION_FNS, None]:
+            ensemble, data = (hopper_like, hopper_data) if termination in ("hopper", None) else (wide, wide_data)
             env = ConservativeModelEnv(ensemble, penalty=penalty, start_states=data, batch_size=6, seed=0,
                                        termination_fn=termination, clip_observations=True)  # device: the ensemble's
             assert env.device == dev and env.base_env.start_states.device == dev
@@ -120,7 +126,7 @@ def test_model_env_on_device_every_penalty_and_termination(dev):
             for key in ("observation", "reward", "uncertainty", "terminated", "done"):
                 assert td["next", key].device == dev, (penalty, termination, key)
             assert torch.isfinite(td["next", "reward"]).all()
-    halting = ModelEnv(ensemble, healthy_starts(), batch_size=4, seed=0, halt_threshold=0.0, halt_penalty=-3.0)
+    halting = ModelEnv(hopper_like, healthy_starts(), batch_size=4, seed=0, halt_threshold=0.0, halt_penalty=-3.0)
     td = halting.rollout(1)
     assert td["next", "terminated"].all() and (td["next", "model_reward"] == -3.0).all()
     assert halting.num_nonfinite == 0

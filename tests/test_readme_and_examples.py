@@ -58,6 +58,9 @@ def test_mopo_example_smoke(small_hopper_dataset, tmp_path):
     assert (out / "learning_curve_seed0.png").stat().st_size > 0
     assert (out / "checkpoint_seed0.pt").exists() and (out / "ensemble_cmbrl_hopper_medium-v0_n2000_seed0.pt").exists()
     assert '"normalized_score"' in result.stdout
+    # the last line: the score next to the dataset's average and BC's saved score (both exist for hopper-medium)
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"final score -?\d+\.\d \(data -?\d+\.\d, BC \d+\.\d\)", last), last
     assert "hopper, penalty max_aleatoric over all members, λ=5.0, h=5" in result.stdout  # Kit's hopper-medium row
     import json
     record = json.loads((out / "result.json").read_text())  # the learning benchmark's cell contract
@@ -168,3 +171,23 @@ def test_policy_in_real_env_loads_combo_checkpoints_and_compares_q_with_the_disc
     assert ended["q_start"] == pytest.approx(float(critic_values(combo.loss_module, obs[:1], act[:1]).min()))
     cut = example.critic_vs_return(loaded, obs[:3], act[:3], reward, terminated=False, gamma=0.5)
     assert cut["return_start"] == ended["return_start"] and cut["exact_steps"] == 0  # a time-limit cut 3 steps on
+
+
+def test_compose_torchrl_example_is_short_plain_torchrl_and_runs(small_hopper_dataset, tmp_path, capsys):
+    path = ROOT / "examples" / "compose_torchrl.py"
+    source = path.read_text()
+    assert len(source.splitlines()) <= 80
+    assert "cmbrl.agents" not in source and "components.training" not in source  # no cmbrl learner or helper
+    for part in ("ConservativeModelEnv(", 'penalty="combined"', "Collector(", "ReplayBuffer(", "SACLoss(",
+                 "SoftUpdate(", "torch.optim.Adam(", 'GymEnv('):
+        assert part in source, part
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compose_torchrl_example", path)
+    compose = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = compose  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(compose)
+    args = compose.Args(dataset=small_hopper_dataset, num_steps=30, rollout_starts=50, rollout_every=10,
+                        ensemble_epochs=1, eval_episodes=1, device="cpu", out=str(tmp_path / "out"))
+    score = compose.main(args)
+    assert math.isfinite(score) and "30 steps, return" in capsys.readouterr().out
+    assert (tmp_path / "out" / "ensemble_cmbrl_hopper_medium-v0_n2000_e1.pt").exists()  # the cached fit

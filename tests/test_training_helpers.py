@@ -134,3 +134,45 @@ def test_save_atomic_replaces_whole_files_and_keeps_the_old_one_when_saving_fail
         save_atomic({"step": 3, "bad": lambda: None}, path)  # a lambda cannot be pickled: torch.save fails mid-way
     assert torch.load(path, weights_only=False)["step"] == 2  # the previous checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_reference_scores_read_the_card_and_the_saved_bc_rows(tmp_path):
+    import minari
+    import numpy as np
+
+    from cmbrl import make_dataset
+    from cmbrl.datasets import dataset_card
+
+    dataset = "cmbrl/hopper/medium-v0"
+    make_dataset(dataset, num_steps=1_000, seed=0)  # in the test's Minari folder (conftest)
+    results = tmp_path / "results"
+    for folder, rows in {"a": ["bc,cmbrl/hopper/medium-v0,0,done,10.0,10000,1", "bc,cmbrl/hopper/medium-v0,1,done,"
+                                "20.0,10000,1", "bc,cmbrl/hopper/medium-v0,2,missing,,,", "mopo,cmbrl/hopper/medium-v0,"
+                                "0,done,99.0,10,1", "bc,cmbrl/walker2d/medium-v0,0,done,77.0,10000,1"],
+                         "b": ["bc,cmbrl/hopper/medium-v0,0,done,10.0,10000,1"]}.items():  # b restored a's seed 0
+        (results / folder).mkdir(parents=True)
+        (results / folder / "results.csv").write_text(
+            "algo,dataset,seed,status,normalized_score,final_step,wall_time_s\n" + "\n".join(rows) + "\n")
+    references = training.reference_scores(dataset, results)
+    mean_return = np.array([dataset_card(dataset)["return_mean"]])
+    data = 100 * minari.get_normalized_score(minari.load_dataset(dataset), mean_return)
+    assert references == pytest.approx({"data": float(data[0]), "BC": 15.0})  # seeds 0 and 1; seed 0 counted once
+    assert list(training.reference_lines({"data": 8.26, "BC": 10.0})) == ["data average 8.3", "BC 10.0"]
+    assert training.final_score_line(22.84, {"data": 8.26, "BC": 10.0}) == "final score 22.8 (data 8.3, BC 10.0)"
+    # no BC row for the dataset, no results folder, no local dataset: the missing references are left out
+    assert set(training.reference_scores(dataset, tmp_path / "nowhere")) == {"data"}
+    assert training.reference_scores("cmbrl/no-such/dataset-v0", results) == {}
+    assert training.final_score_line(22.84, {}) == "final score 22.8"
+    assert training.final_score_line(22.84, {"data": 8.26}) == "final score 22.8 (data 8.3)"
+    # the saved benchmarks hold BC rows for the main job's dataset
+    assert "BC" in training.reference_scores("cmbrl/hopper/medium-replay-v0")
+
+
+def test_reference_lines_are_drawn_on_the_score_panel(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", lambda self, text, xy, **kw: drawn.append((text, xy[1])))
+    training.plot_learning_curve(tmp_path / "curve.png", [{"step": 10, "normalized_score": 5.0}], "t",
+                                 training.reference_lines({"data": 8.26, "BC": 10.0}))
+    assert drawn == [("data average 8.3", 8.26), ("BC 10.0", 10.0)] and (tmp_path / "curve.png").stat().st_size > 0
