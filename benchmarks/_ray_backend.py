@@ -2,7 +2,7 @@
 
 Imported only when ``--backend ray`` is chosen (cmbrl itself never imports ray); needs ``pip install "cmbrl[ray]"``.
 
-A trial runs its cell with :func:`learning.run_cell`, the function the local backend runs: the same command,
+A trial runs its cell with :func:`_cells.run_cell`, the function the local backend runs: the same command,
 environment, working directory and ``log.txt``, so a cell's numbers do not depend on the backend. While the script
 runs, the trial reports every evaluation it has written (:func:`read_evaluations`) with ``tune.report`` as
 ``{"step": gradient steps, "normalized_score": D4RL-normalised score}``, one report per evaluation, so a Tune
@@ -20,7 +20,7 @@ starts a new experiment.
 Cluster. Without ``--address`` a local cluster of ``--num-cpus`` CPUs is started for the run and shut down after
 it; ``--address auto`` joins the cluster that ``ray start`` runs on this machine, ``ray://HOST:10001`` a remote one.
 Every node needs this repository and the venv at the same paths, and ``--out`` (Tune's ``storage_path``) and the
-Minari datasets on a filesystem all nodes share. The trials import this module and ``learning`` through
+Minari datasets on a filesystem all nodes share. The trials import this module and ``_cells`` through
 ``PYTHONPATH`` (set in the job's ``runtime_env``).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-import learning  # the benchmark (its module is also imported as __main__ or under another name by the driver)
+import _cells  # the cell contract learning.py's local backend runs too (this module never imports learning)
 
 BENCHMARKS = Path(__file__).resolve().parent
 POLL_S = 1.0
@@ -107,7 +107,7 @@ def trial(config: dict) -> None:
         RuntimeError: the cell failed (the trial ends in ERROR, so a restored experiment runs it again).
     """
     spec = config["cell"]
-    cell = learning.Cell(spec["algo"], spec["dataset"], int(spec["seed"]), Path(spec["out"]), tuple(spec["command"]),
+    cell = _cells.Cell(spec["algo"], spec["dataset"], int(spec["seed"]), Path(spec["out"]), tuple(spec["command"]),
                          Path(spec["cwd"]))
     reported: set[int] = set()
 
@@ -116,7 +116,7 @@ def trial(config: dict) -> None:
             tune.report({"step": step, "normalized_score": evaluations[step]})
             reported.add(step)
 
-    outcome = learning.run_cell(cell, poll=lambda: report_new(read_evaluations(cell.out)), poll_every=POLL_S,
+    outcome = _cells.run_cell(cell, poll=lambda: report_new(read_evaluations(cell.out)), poll_every=POLL_S,
                                 preexec_fn=_die_with_parent)
     evaluations = read_evaluations(cell.out)
     for point in (outcome["result"] or {}).get("history") or []:  # result.json is the record of a finished cell
@@ -141,11 +141,11 @@ def trial_name(trial) -> str:
 def trial_dirname(trial) -> str:
     """Tune's folder of a trial: ``<algo>_<dataset, / as _>_seed<S>_<trial id>``."""
     spec = trial.config["cell"]
-    return f"{spec['algo']}_{learning.dataset_dirname(spec['dataset'])}_seed{spec['seed']}_{trial.trial_id}"
+    return f"{spec['algo']}_{_cells.dataset_dirname(spec['dataset'])}_seed{spec['seed']}_{trial.trial_id}"
 
 
 def _unfinished(outs: Sequence[str]) -> set[str]:
-    return {out for out in outs if learning.read_result(Path(out) / "result.json") is None}
+    return {out for out in outs if _cells.read_result(Path(out) / "result.json") is None}
 
 
 def _experiment_to_restore(storage: Path, todo: set[str]) -> Path | None:
@@ -164,7 +164,7 @@ def _experiment_to_restore(storage: Path, todo: set[str]) -> Path | None:
 def run_cells(cells: Sequence, out: Path, *, address: str | None = None, num_cpus: int | None = None,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, scheduler: str = "fifo",
               grace_period: int = 1, fresh: bool = False) -> dict:
-    """Runs ``cells`` (``learning.Cell``) as Ray Tune trials; returns ``{cell: outcome}`` like ``learning.run_cells``.
+    """Runs ``cells`` (``_cells.Cell``) as Ray Tune trials; returns ``{cell: outcome}`` like ``learning.run_cells``.
 
     Args:
         cells: the cells to run (unfinished ones; a finished cell's trial only reports its result).
@@ -248,7 +248,7 @@ def run_cells(cells: Sequence, out: Path, *, address: str | None = None, num_cpu
     for cell in cells:
         result = by_out.get(str(cell.out))
         metrics = (result.metrics or {}) if result is not None else {}
-        record = learning.read_result(cell.result_path)
+        record = _cells.read_result(cell.result_path)
         if record is not None and not metrics.get("cell_ok", True):  # a stale result.json of a failing rerun
             record = None
         if record is not None:  # the cell's own record decides, as for the local backend
@@ -274,7 +274,7 @@ def run_cells(cells: Sequence, out: Path, *, address: str | None = None, num_cpu
             print(f"{outcome['status']} {cell.name} after {len(read_evaluations(cell.out))} evaluation(s) -> {cell.out}",
                   flush=True)
         else:
-            log_tail = "\n".join("    " + line for line in learning.tail(cell.log_path).splitlines())
+            log_tail = "\n".join("    " + line for line in _cells.tail(cell.log_path).splitlines())
             print(f"FAILED {cell.name}: {outcome['error']}; log {cell.log_path}, last lines:\n{log_tail}",
                   flush=True)
     return outcomes

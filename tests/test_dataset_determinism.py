@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cmbrl.components import datasets as datasets_module
+from cmbrl.datasets import checksums as checksums_module  # load_checksums is looked up there (patched below)
 from cmbrl.components.datasets import (ACTION_GRID, CHECKSUM_FIELDS, CHECKSUM_TABLE_MARKERS, DATASET_RECIPES,
                                        checksum_table, dataset_card, dataset_checksum, format_card, load_checksums,
                                        load_dataset, quantize_action, update_checksum_table, verify_dataset)
@@ -80,7 +80,7 @@ def test_generation_is_identical_across_threads_and_kernels(generated, monkeypat
         checksums[label] = {dataset_id: dataset_checksum(dataset_id)["sha256"] for dataset_id in EXPECTED}
     assert checksums["one thread"] == checksums["three threads, other kernels"] == EXPECTED
     card = dataset_card("cmbrl/hopper/medium-v0")
-    assert card["generator"] == datasets_module.GENERATOR_VERSION and card["num_transitions"] == NUM_STEPS
+    assert card["generator"] == checksums_module.GENERATOR_VERSION and card["num_transitions"] == NUM_STEPS
     actions = load_dataset("cmbrl/hopper/medium-v0")["action"].double().numpy()
     np.testing.assert_allclose(actions / ACTION_GRID, np.rint(actions / ACTION_GRID), atol=0.05)  # on the grid
 
@@ -120,7 +120,7 @@ def test_verify_passes_untouched_and_names_the_changed_reward(generated, tmp_pat
 def test_verify_without_a_dataset_or_a_published_checksum(tmp_path, monkeypatch):
     code, text = _cli(["verify", "hopper-medium"])
     assert code == 2 and "not generated" in text and "python -m cmbrl.datasets make hopper-medium" in text
-    monkeypatch.setattr(datasets_module, "load_checksums", lambda path=None: {})
+    monkeypatch.setattr(checksums_module, "load_checksums", lambda path=None: {})
     monkeypatch.setattr("cmbrl.datasets.__main__.load_checksums", lambda path=None: {})
     assert _cli(["make", "hopper-random", "--num-steps", "50"])[0] == 0
     code, text = _cli(["verify", "hopper-random"])
@@ -133,8 +133,8 @@ def test_load_dataset_warns_on_data_unlike_the_published(generated, monkeypatch)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(generated["one thread"]))
     dataset_id = "cmbrl/hopper/random-v0"
     published = {"sha256": "0" * 64, "num_episodes": 1, "num_transitions": NUM_STEPS, "seed": 0,
-                 "generator": datasets_module.GENERATOR_VERSION}
-    monkeypatch.setattr(datasets_module, "load_checksums", lambda path=None: {dataset_id: published})
+                 "generator": checksums_module.GENERATOR_VERSION}
+    monkeypatch.setattr(checksums_module, "load_checksums", lambda path=None: {dataset_id: published})
     for _ in range(2):  # computing the checksum (first load), then from the load cache
         with pytest.warns(UserWarning, match=r"differs from the published data.*make hopper-random --overwrite"):
             load_dataset(dataset_id)
@@ -143,10 +143,10 @@ def test_load_dataset_warns_on_data_unlike_the_published(generated, monkeypatch)
     published["sha256"] = EXPECTED[dataset_id]
     with warnings_as_errors():
         load_dataset(dataset_id)  # equal: silent
-    published.update(sha256="0" * 64, generator=datasets_module.GENERATOR_VERSION + 1)  # made by an older generator
+    published.update(sha256="0" * 64, generator=checksums_module.GENERATOR_VERSION + 1)  # made by an older generator
     with pytest.warns(UserWarning, match=r"older cmbrl.*make hopper-random --overwrite"):
         load_dataset(dataset_id)
-    published.update(generator=datasets_module.GENERATOR_VERSION, num_transitions=1_000_000)  # other settings: silent
+    published.update(generator=checksums_module.GENERATOR_VERSION, num_transitions=1_000_000)  # other settings: silent
     with warnings_as_errors():
         load_dataset(dataset_id)
 
@@ -166,9 +166,9 @@ def test_quantize_action_and_the_published_checksums():
     published = load_checksums()
     assert list(published) == list(DATASET_RECIPES)  # every recipe has a published checksum
     for dataset_id, entry in published.items():
-        assert len(entry["sha256"]) == 64 and entry["generator"] == datasets_module.GENERATOR_VERSION
+        assert len(entry["sha256"]) == 64 and entry["generator"] == checksums_module.GENERATOR_VERSION
         assert entry["seed"] == 0 and entry["num_transitions"] >= 50_000
-        assert datasets_module._load_episode_tags(None, dataset_id).shape == (entry["num_episodes"],
+        assert checksums_module._load_episode_tags(None, dataset_id).shape == (entry["num_episodes"],
                                                                                len(CHECKSUM_FIELDS))
 
 

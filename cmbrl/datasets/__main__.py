@@ -15,7 +15,7 @@ Names are D4RL style (``<env>-<name>``, e.g. ``halfcheetah-medium-expert``) or f
 ``~/.minari/datasets``). ``make`` is idempotent: an existing dataset is left alone (its card is printed) unless
 ``--overwrite`` is given. Generation is deterministic: the same recipe and seed give byte-identical data whatever the
 thread count, BLAS kernel or SIMD path (docs/datasets_checksums.md); ``verify`` recomputes a dataset's SHA-256 (over
-the arrays, in the canonical order of ``cmbrl.components.datasets.CHECKSUM_FIELDS``) and compares it with the checksum
+the arrays, in the canonical order of ``cmbrl.datasets.CHECKSUM_FIELDS``) and compares it with the checksum
 published in ``cmbrl/components/data/checksums.json`` (or ``--reference FILE``). Exit status of ``verify``: 0 all
 equal, 1 a mismatch (the message names the first differing episode and field), 2 a dataset not generated or without a
 published checksum (with ``all``, those are listed and skipped). ``--backend ray`` (``pip install "cmbrl[ray]"``)
@@ -28,9 +28,9 @@ import argparse
 import sys
 import time
 
-from cmbrl.components.datasets import (DATASET_RECIPES, checksum_table, dataset_card, dataset_checksum, dataset_exists,
-                                       format_card, load_checksums, make_dataset, resolve_dataset_id,
-                                       update_checksum_table, verify_dataset, write_checksums)
+from cmbrl.datasets import (DATASET_RECIPES, checksum_table, dataset_card, dataset_checksum, dataset_exists,
+                            format_card, load_checksums, make_dataset, resolve_dataset_id, update_checksum_table,
+                            verify_dataset, write_checksums)
 
 
 def _ids(names: list[str]) -> list[str]:

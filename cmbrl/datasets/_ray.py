@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import ray
 
-from cmbrl.components.datasets import DATASET_RECIPES, dataset_exists, make_dataset
+from cmbrl.datasets import DATASET_RECIPES, dataset_exists, make_dataset
 
 __all__ = ["make_datasets"]
 
