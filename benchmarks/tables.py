@@ -483,9 +483,35 @@ def summary_table(prefix: str) -> str:
     return "\n".join(lines)
 
 
+def bc_table(folder: str) -> str:
+    """BC on every dataset, as ``examples/bc_table.py`` rebuilt it from its per-seed result files: a row per dataset
+    (transitions, the data's normalised average, BC's mean ± std and each seed), computed again here from those
+    files (``<dataset>_seed<S>.json``) and the data column of the ``table.md`` saved beside them."""
+    import json
+    import statistics
+
+    root = RESULTS / folder
+    saved = {}
+    for line in (root / "table.md").read_text().splitlines()[2:]:
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if len(parts) >= 3 and parts[0].startswith("cmbrl/"):
+            saved[parts[0]] = (parts[1], parts[2])
+    lines = ["| dataset | transitions | data (normalised) | BC (normalised, mean ± std) | BC per seed |",
+             "|---|---|---|---|---|"]
+    for dataset, (transitions, data) in saved.items():
+        runs = sorted(root.glob(f"{dataset.replace('/', '_')}_seed*.json"))
+        scores = [json.loads(p.read_text())["normalized_score"] for p in runs]
+        if not scores:
+            continue
+        lines.append(f"| {dataset} | {transitions} | {data} | {statistics.fmean(scores):.1f} ± "
+                     f"{statistics.pstdev(scores):.1f} | {' / '.join(f'{v:.1f}' for v in scores)} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ named blocks
 NAMED: dict[str, Callable[[], str]] = {
     "summary": lambda: summary_table("docs/"),
+    "bc-generator2": lambda: bc_table("bc_generator2"),
     "summary-docs": lambda: summary_table(""),
     "mopo-combined": lambda: learning_table([
         ("data", "learning_short", "cmbrl/hopper/medium-replay-v0"),
