@@ -192,18 +192,23 @@ class _Learner:
       returned as floats (``sync=True``) or as 0-d tensors on ``device`` (``sync=False``); off the eager CPU path
       ``torch.distributions``' argument checks are off during the update (:func:`no_distribution_validation`);
     * ``state_dict``/``load_state_dict`` that also carry the optimisers named in ``OPTIMIZERS`` (a checkpoint
-      resumes training exactly, Adam moments included).
+      resumes training exactly, Adam moments included);
+    * a second, critic-only step (``part="critic"`` of :meth:`_run`): the subclass's ``_critic_loss_and_metrics``,
+      only the optimisers in ``CRITIC_OPTIMIZERS`` and the target update, metrics ``CRITIC_METRICS``; the learners
+      expose it as ``update_critic`` (REDQ's G critic updates per actor update, arXiv:2101.05982 Algorithm 1).
     """
 
     OPTIMIZERS: tuple[str, ...] = ()
     METRICS: tuple[str, ...] = ()
+    CRITIC_OPTIMIZERS: tuple[str, ...] = ("critic_optim",)
+    CRITIC_METRICS: tuple[str, ...] = ()
 
     def _init_device(self, device: str | torch.device, compile: bool | str | dict, cudagraphs: bool) -> None:
         """Resolves and checks ``device``, ``compile`` and ``cudagraphs`` (``ValueError`` naming what was given)."""
         self.device = resolve_device(device)
         check_compile_options(self.device, compile, cudagraphs)
         self._compile, self.cudagraphs = compile, bool(cudagraphs)  # not self.compile: nn.Module.compile
-        self._compiled_update = None
+        self._compiled_updates = {}  # part ("all" or "critic") -> the compiled update
 
     def _place(self) -> None:
         """Moves the networks onto ``self.device``; under ``compile`` or ``cudagraphs``, the critics run through
@@ -227,24 +232,39 @@ class _Learner:
         if alpha_lr is not None:
             self.alpha_optim = self._adam([self.loss_module.log_alpha], alpha_lr)
 
-    def _zero_grad(self) -> None:
-        """``Optimizer.zero_grad(set_to_none=True)`` of the ``OPTIMIZERS``, without its profiler scope."""
-        for name in self.OPTIMIZERS:
+    def _zero_grad(self, optimizers: tuple[str, ...] | None = None) -> None:
+        """``Optimizer.zero_grad(set_to_none=True)`` of ``optimizers`` (default ``OPTIMIZERS``), without its profiler
+        scope."""
+        for name in self.OPTIMIZERS if optimizers is None else optimizers:
             for group in getattr(self, name).param_groups:
                 for param in group["params"]:
                     param.grad = None
 
-    def _optim_step(self) -> None:
-        """Steps the ``OPTIMIZERS``, then the soft target update."""
-        for name in self.OPTIMIZERS:
+    def _optim_step(self, optimizers: tuple[str, ...] | None = None) -> None:
+        """Steps ``optimizers`` (default ``OPTIMIZERS``), then the soft target update."""
+        for name in self.OPTIMIZERS if optimizers is None else optimizers:
             getattr(self, name).step()
         self.target_updater.step()
 
-    def _step(self, loss: torch.Tensor) -> None:
-        """Clears the gradients of the ``OPTIMIZERS``, backpropagates ``loss``, steps them, updates the targets."""
-        self._zero_grad()
+    def _step(self, loss: torch.Tensor, optimizers: tuple[str, ...] | None = None) -> None:
+        """Clears the gradients of ``optimizers`` (default ``OPTIMIZERS``), backpropagates ``loss``, steps them,
+        updates the targets."""
+        self._zero_grad(optimizers)
         loss.backward()
-        self._optim_step()
+        self._optim_step(optimizers)
+
+    def _part(self, part: str) -> tuple[object, tuple[str, ...], tuple[str, ...]]:
+        """``(loss-and-metrics function, optimisers, metric names)`` of an update ``part``: ``"all"`` (the learner's
+        whole update) or ``"critic"`` (critics only, :meth:`update_critic`)."""
+        if part == "all":
+            return self._loss_and_metrics, self.OPTIMIZERS, self.METRICS
+        if not self.CRITIC_METRICS:
+            raise NotImplementedError(f"{type(self).__name__} has no critic-only update")
+        return self._critic_loss_and_metrics, self.CRITIC_OPTIMIZERS, self.CRITIC_METRICS
+
+    def _critic_loss_and_metrics(self, inputs: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic-only loss and its detached metrics stacked in ``CRITIC_METRICS`` order."""
+        raise NotImplementedError
 
     def _batch_entries(self) -> tuple[tuple[NestedKey, int | None, str], ...]:
         """What :meth:`update` reads from a batch, as :func:`check_batch_entries` takes it: the loss module's
@@ -284,19 +304,20 @@ class _Learner:
         ``(len(METRICS),)``, from :meth:`_compile_input`'s output on ``device``."""
         raise NotImplementedError
 
-    def _build_compiled_update(self):
-        """The compiled update: the loss (forward; AOTAutograd compiles its backward) and the optimiser + target
-        step as two ``torch.compile`` d functions, the backward between them (a graph break in any case: two
-        functions spare dynamo the restart it makes at a break inside one, ~3x less compile time), the whole
-        captured by ``CudaGraphModule`` under ``cudagraphs`` (:func:`~cmbrl.components.devices.compile_step`).
-        ``compile={"fullgraph": True, ...}`` applies to the loss only: torch.optim breaks the graph around every
-        ``Optimizer.step`` on purpose."""
-        loss_fn = compile_step(self._loss_and_metrics, compile=self._compile)
-        step_fn = compile_step(self._optim_step, compile=_without_fullgraph(self._compile))
+    def _build_compiled_update(self, part: str = "all"):
+        """The compiled update of ``part`` (see :meth:`_part`): the loss (forward; AOTAutograd compiles its backward)
+        and the optimiser + target step as two ``torch.compile`` d functions, the backward between them (a graph
+        break in any case: two functions spare dynamo the restart it makes at a break inside one, ~3x less compile
+        time), the whole captured by ``CudaGraphModule`` under ``cudagraphs``
+        (:func:`~cmbrl.components.devices.compile_step`). ``compile={"fullgraph": True, ...}`` applies to the loss
+        only: torch.optim breaks the graph around every ``Optimizer.step`` on purpose."""
+        loss_and_metrics, optimizers, _ = self._part(part)
+        loss_fn = compile_step(loss_and_metrics, compile=self._compile)
+        step_fn = compile_step(lambda: self._optim_step(optimizers), compile=_without_fullgraph(self._compile))
 
         def update(inputs: TensorDictBase) -> TensorDictBase:
             loss, metrics = loss_fn(inputs)
-            self._zero_grad()
+            self._zero_grad(optimizers)
             loss.backward()
             step_fn()
             out = {"metrics": metrics}
@@ -312,29 +333,31 @@ class _Learner:
     def _priority_key(self):
         return getattr(getattr(self.loss_module, "tensor_keys", None), "priority", "td_error")
 
-    def _run(self, batch: TensorDictBase, sync: bool):
-        """:meth:`update`'s body: ``batch`` onto ``device`` (one copy if elsewhere), the update eager or compiled,
-        the metrics as floats (``sync``) or 0-d tensors on ``device``."""
+    def _run(self, batch: TensorDictBase, sync: bool, part: str = "all"):
+        """:meth:`update`'s (``part="all"``) or ``update_critic``'s (``part="critic"``) body: ``batch`` onto
+        ``device`` (one copy if elsewhere), the update eager or compiled, the metrics as floats (``sync``) or 0-d
+        tensors on ``device``."""
+        loss_and_metrics, optimizers, names = self._part(part)
         batch = on_device(batch, self.device)
         # a missing key or a wrong width is named here, not as an AttributeError or a matmul error inside the loss
         check_batch_entries(batch, self._batch_entries(), f"{type(self).__name__}.update")
         if self._compile is False and not self.cudagraphs:
             inputs = self._compile_input(batch)
             if self.device.type == "cpu":  # the eager CPU path, torch.distributions' checks on as everywhere
-                loss, values = self._loss_and_metrics(inputs)
-                self._step(loss)
+                loss, values = loss_and_metrics(inputs)
+                self._step(loss, optimizers)
             else:  # on a GPU the checks would synchronise at every distribution
                 with no_distribution_validation():
-                    loss, values = self._loss_and_metrics(inputs)
-                    self._step(loss)
+                    loss, values = loss_and_metrics(inputs)
+                    self._step(loss, optimizers)
         else:
-            if self._compiled_update is None:
-                self._compiled_update = self._build_compiled_update()
+            if part not in self._compiled_updates:
+                self._compiled_updates[part] = self._build_compiled_update(part)
             # a shallow copy without the priority an earlier update wrote: a batch given twice keeps the structure
             # the compiled graph was traced (or captured) with, instead of a recompilation per new key set
             inputs = self._compile_input(batch.exclude(self._priority_key))
             with no_distribution_validation():  # traced (and captured) without host reads
-                out = self._compiled_update(inputs)
+                out = self._compiled_updates[part](inputs)
             values = out.get("metrics")
             if not sync and not self.cudagraphs:
                 # inductor's CUDA-graph modes ("reduce-overhead") reuse their output buffers at the next call
@@ -343,8 +366,8 @@ class _Learner:
             if priority is not None:
                 batch.set(self._priority_key, priority)
         if sync:
-            return dict(zip(self.METRICS, values.tolist()))  # one device-to-host copy for all metrics
-        return dict(zip(self.METRICS, values.unbind()))
+            return dict(zip(names, values.tolist()))  # one device-to-host copy for all metrics
+        return dict(zip(names, values.unbind()))
 
     def state_dict(self, *args, **kwargs):  # noqa: D102 - adds optimiser states to the module's
         state = {"modules": super().state_dict(*args, **kwargs)}

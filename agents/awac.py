@@ -325,6 +325,16 @@ class AWACLoss(_ActorCriticLoss, LossModule):
             scaled = scaled.clamp(max=math.log(self.max_weight))
         return scaled.exp()
 
+    def _critic_losses(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """``loss_qvalue`` and the detached ``q_data`` (mean ``min_j Q_j(s, a)``) without the actor's loss: a
+        critic-only step (REDQ's extra critic updates, :meth:`AWAC.update_critic`). The same target and Bellman loss
+        as :meth:`_losses` (a fresh random target subset per call)."""
+        action = tensordict.get(self.tensor_keys.action)
+        target = self._target(tensordict)
+        q_data = self.qvalues(tensordict, action, self.qvalue_network_params)
+        loss_qvalue = self._bellman_loss(tensordict, q_data, target)  # also writes the priority
+        return loss_qvalue, q_data.detach().min(0)[0].mean()
+
     def _losses(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
         """``loss_actor, loss_qvalue`` and the five diagnostics of :meth:`forward` as tensors (no TensorDict)."""
         action = tensordict.get(self.tensor_keys.action)
@@ -422,6 +432,7 @@ class AWAC(_Learner, nn.Module):
 
     OPTIMIZERS = ("actor_optim", "critic_optim")
     METRICS = ("loss_actor", "loss_qvalue", "advantage", "weight_mean", "weight_max", "q_data", "log_prob")
+    CRITIC_METRICS = ("loss_qvalue", "q_data")
 
     def __init__(
         self,
@@ -500,6 +511,31 @@ class AWAC(_Learner, nn.Module):
             TypeError: ``batch`` is not a TensorDict, or an observation, action or reward is not floating point.
         """
         return self._run(batch, sync)
+
+    def update_critic(self, batch: TensorDictBase, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
+        """One gradient step on the critics only (the actor is left as it is), then the soft target update.
+
+        With :meth:`update`, this gives REDQ's update-to-data split (Chen et al., arXiv:2101.05982, Algorithm 1):
+        per environment step, ``G - 1`` calls of ``update_critic`` then one :meth:`update` make ``G`` critic updates,
+        each on its own minibatch with a fresh random target subset (``target_subset_size``), and one actor update;
+        O3F §6 trains its 5 critics this way with ``G = 20`` ("update the critic 20 times per environment step").
+
+        Args:
+            batch: transitions as for :meth:`update` (same keys, shapes and devices).
+            sync: as for :meth:`update`.
+
+        Returns:
+            ``loss_qvalue`` (sum over critics of the mean squared TD error, squared reward units) and ``q_data``
+            (mean ``min_j Q_j(s, a)``, reward units), floats or 0-d tensors.
+
+        Raises:
+            KeyError, ValueError, TypeError: as :meth:`update`.
+        """
+        return self._run(batch, sync, part="critic")
+
+    def _critic_loss_and_metrics(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_qvalue, q_data = self.loss_module._critic_losses(batch)
+        return loss_qvalue, torch.stack([loss_qvalue.detach(), q_data])
 
     def _loss_and_metrics(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         values = self.loss_module._losses(batch)  # forward() without building the output TensorDict

@@ -20,6 +20,11 @@ medians, printing) is ``_timing.py``, shared with the other step benchmarks.
 
     python benchmarks/awac_step.py [--steps 300] [--rounds 5] [--obs-dim 11] [--act-dim 3] [--batch-size 256]
                                    [--threads 1] [--clock cpu|wall] [--compile 0|1] [--backend inductor|aot_eager]
+                                   [--critics 2] [--target-critics 0] [--part whole|critic]
+
+``--critics 5 --target-critics 2 --part critic`` times ``AWAC.update_critic`` with fine-tuning's 5 critics and REDQ
+targets (the 19 extra critic steps per env step of ``examples/finetune.py --critic-utd 20``) against the floor's
+critic-only step.
 
 ``--compile 1`` times ``cmbrl.AWAC(compile={"backend": <backend>})`` (loss and optimiser steps through
 ``torch.compile``; the first update, which compiles, is printed apart) against the same eager floor.
@@ -49,8 +54,8 @@ TANH_EPS = 1e-6
 class FloorAWAC:
     """The AWAC step in plain torch with the computation of ``cmbrl.AWAC`` (see the module docstring)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, num_q: int = 2):
-        self.act_dim, self.num_q, self.k = act_dim, num_q, NUM_COMPONENTS
+    def __init__(self, obs_dim: int, act_dim: int, num_q: int = 2, subset: int | None = None):
+        self.act_dim, self.num_q, self.k, self.subset = act_dim, num_q, NUM_COMPONENTS, subset
         self.actor = linear_params((obs_dim, *HIDDEN, self.k * (1 + 2 * act_dim)))
         self.critic = linear_params((obs_dim + act_dim, *HIDDEN, 1), stack=num_q)
         self.target = [p.detach().clone() for p in self.critic]
@@ -99,20 +104,32 @@ class FloorAWAC:
     def q(self, obs, action, params):
         x = torch.cat([obs.expand(*action.shape[:-1], -1), action], -1)
         batch = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1]).expand(self.num_q, -1, -1)
+        x = x.reshape(-1, x.shape[-1]).expand(params[0].shape[0], -1, -1)
         for i in range(0, len(params) - 2, 2):
             x = torch.relu(torch.baddbmm(params[i + 1], x, params[i].mT))
-        return torch.baddbmm(params[-1], x, params[-2].mT).reshape(self.num_q, *batch)  # (num_q, *batch)
+        return torch.baddbmm(params[-1], x, params[-2].mT).reshape(params[0].shape[0], *batch)  # (num_q, *batch)
 
-    def update(self, batch: TensorDict) -> dict[str, float]:
+    def update(self, batch: TensorDict, part: str = "whole") -> dict[str, float]:
         obs, act = batch["observation"], batch["action"]
         nxt = batch["next"]
         with torch.no_grad():
             next_action = self.sample(*self.mixture(nxt["observation"]))
-            next_value = self.q(nxt["observation"], next_action, self.target).min(0)[0]
+            target_params = self.target
+            if self.subset is not None and self.subset < self.num_q:  # REDQ: a fresh random subset per update
+                index = torch.randperm(self.num_q)[:self.subset]
+                target_params = [p[index] for p in self.target]
+            next_value = self.q(nxt["observation"], next_action, target_params).min(0)[0]
             target = nxt["reward"].squeeze(-1) + GAMMA * (~nxt["terminated"].squeeze(-1)) * next_value
         q_all = self.q(obs, act, self.critic)
         loss_q = (q_all - target).pow(2).sum(0).mean()
+        if part == "critic":  # AWAC.update_critic: the critics' step and the target update only
+            self.optims[1].zero_grad(set_to_none=True)
+            loss_q.backward()
+            self.optims[1].step()
+            with torch.no_grad():
+                torch._foreach_lerp_(self.target, [p.detach() for p in self.critic], TAU)
+            return dict(zip(AWAC.CRITIC_METRICS, torch.stack([loss_q.detach(), q_all.detach().min(0)[0].mean()]
+                                                             ).tolist()))
         logits, loc, scale = self.mixture(obs)
         log_prob = self.log_prob(logits, loc, scale, act)
         with torch.no_grad():
@@ -133,17 +150,20 @@ class FloorAWAC:
         return dict(zip(AWAC.METRICS, values))
 
 
-def check_equal(obs_dim: int, act_dim: int, batches: list[TensorDict], steps: int = 5) -> float:
+def check_equal(obs_dim: int, act_dim: int, batches: list[TensorDict], steps: int = 5, critics: int = 2,
+                target_critics: int | None = None, part: str = "whole") -> float:
     """Largest relative difference of the metrics of ``steps`` updates of cmbrl and the floor from equal states."""
-    agent, floor = AWAC(obs_dim, act_dim, seed=1), FloorAWAC(obs_dim, act_dim)
+    agent = AWAC(obs_dim, act_dim, seed=1, num_qvalue_nets=critics, target_subset_size=target_critics)
+    floor = FloorAWAC(obs_dim, act_dim, critics, target_critics)
     floor.load_from(agent)
+    step = agent.update if part == "whole" else agent.update_critic
     worst = 0.0
     for i in range(steps):
         torch.manual_seed(100 + i)
-        mine = floor.update(batches[i].clone())
+        mine = floor.update(batches[i].clone(), part)
         torch.manual_seed(100 + i)
-        theirs = agent.update(batches[i].clone())
-        for key in AWAC.METRICS:
+        theirs = step(batches[i].clone())
+        for key in theirs:
             worst = max(worst, abs(mine[key] - theirs[key]) / max(1.0, abs(theirs[key])))
     return worst
 
@@ -155,19 +175,35 @@ def main() -> None:
     parser.add_argument("--compile", type=int, choices=(0, 1), default=0,
                         help="1: time cmbrl.AWAC(compile=...) against the eager floor")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend with --compile 1")
+    parser.add_argument("--critics", type=int, default=2, help="critic ensemble size N (O3F: 5)")
+    parser.add_argument("--target-critics", type=int, default=0,
+                        help="REDQ random target subset size M (0: all N; O3F's setting here: 2)")
+    parser.add_argument("--part", choices=("whole", "critic"), default="whole",
+                        help="whole: AWAC.update; critic: AWAC.update_critic (the critics' step of --critic-utd)")
     args = parser.parse_args()
     setup(args.threads)
+    subset = args.target_critics or None
 
     batches = make_batches(64, args.batch_size, args.obs_dim, args.act_dim, action_spread=1.1)  # some on the bounds
     if not args.no_check:
-        diff = check_equal(args.obs_dim, args.act_dim, batches)
+        diff = check_equal(args.obs_dim, args.act_dim, batches, critics=args.critics, target_critics=subset,
+                           part=args.part)
         print(f"check: largest relative metric difference cmbrl vs floor over 5 steps: {diff:.2e}")
         if diff > 1e-4:
             raise SystemExit("the floor does not compute what cmbrl.AWAC computes")
-    floor = FloorAWAC(args.obs_dim, args.act_dim)
+    floor = FloorAWAC(args.obs_dim, args.act_dim, args.critics, subset)
     compile = {"backend": args.backend} if args.compile else False
-    time_against_floor(floor.update, lambda: AWAC(args.obs_dim, args.act_dim, seed=0, compile=compile), batches,
-                       args, f"hidden={HIDDEN} K={NUM_COMPONENTS} compile={compile}")
+
+    def make_agent():
+        agent = AWAC(args.obs_dim, args.act_dim, seed=0, compile=compile, num_qvalue_nets=args.critics,
+                     target_subset_size=subset)
+        if args.part == "critic":
+            agent.update = agent.update_critic  # time_against_floor times agent.update
+        return agent
+
+    time_against_floor(lambda batch: floor.update(batch, args.part), make_agent, batches, args,
+                       f"hidden={HIDDEN} K={NUM_COMPONENTS} critics={args.critics} target_critics={subset} "
+                       f"part={args.part} compile={compile}")
 
 
 if __name__ == "__main__":

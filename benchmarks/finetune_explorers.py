@@ -6,8 +6,11 @@ one figure per dataset (O3F's claims: improves faster than noise, no initial dip
         --save benchmarks/results/finetune_short_hm       # seeds saved by an earlier session join the new ones
 
 Reads every ``<out>/finetune/<dataset>/seed<S>/result.json`` that carries ``runs`` (one per explorer, from
-``examples/finetune.py --explorers a,b,c``) and the rows of ``--include`` files (a cell found in both is taken from
-``result.json``). Writes into ``--save``:
+``examples/finetune.py --explorers a,b,c``), every single-explorer cell of a ``--sweep finetune:explorers=a,b,c``
+(``<out>/finetune@explorers=a/<dataset>/seed<S>/result.json``: the explorers side by side, one process each) and
+the rows of ``--include`` files (a cell found in both is taken from ``result.json``). Runs are grouped by dataset
+and setting (the base learner, ``--utd`` and ``--critic-utd``: ``awac, UTD 1, critic UTD 20``); the setting is
+left out of the names for the default AWAC at UTD 1, so earlier files keep their names. Writes into ``--save``:
 
 - ``explorers.csv``: one row per evaluation and per online episode (dataset, seed, explorer, kind, step,
   normalized_score, return), the record a later session can ``--include``;
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,23 +36,48 @@ import numpy as np
 
 FIELDS = ("dataset", "seed", "explorer", "kind", "step", "normalized_score", "return")
 """The columns ``explorers.csv`` must have; it also has ``device`` (where the run trained, ``result.json``'s
-``device``; empty for runs that predate it), optional when read back."""
+``device``; empty for runs that predate it) and ``setting`` (:func:`setting`; empty for the default AWAC at UTD 1
+and for files that predate it), optional when read back."""
+
+
+Q_FIELDS = ("q_minus_return", "q_std")
+"""Optional episode columns (runs from issue 29 on): the critics' mean Q at the executed actions minus the discounted
+return that followed, and the critics' std there, averaged over the episode (``examples/finetune.py``'s
+``q_against_return``; the learner's reward units)."""
+
+
+def setting(args: dict) -> str:
+    """The learner setting of a run's arguments: ``""`` for AWAC at UTD 1 with one critic update per step (the
+    default, and every run before ``--base``/``--critic-utd`` existed), else e.g. ``"awac, UTD 1, critic UTD 20"``."""
+    base, utd = args.get("base", "awac"), int(args.get("utd", 1))
+    critic_utd = int(args.get("critic_utd", 0) or utd)
+    if (base, utd, critic_utd) == ("awac", 1, 1):
+        return ""
+    return f"{base}, UTD {utd}, critic UTD {critic_utd}"
 
 
 def rows_from_results(out: Path) -> list[dict]:
-    """Evaluation and episode rows of every multi-explorer fine-tuning cell under ``out``."""
+    """Evaluation and episode rows of every fine-tuning cell under ``out``: multi-explorer cells
+    (``finetune/<dataset>/seed<S>``) and single-explorer sweep cells (``finetune@explorers=<name>/...``)."""
     rows = []
-    for path in sorted(out.glob("finetune/*/seed*/result.json")):
+    for path in sorted(out.glob("finetune*/*/seed*/result.json")):
         result = json.loads(path.read_text())
-        for explorer, run in result.get("runs", {}).items():
+        runs = result.get("runs") or ({result["explorer"]: result} if "explorer" in result else {})
+        for explorer, run in runs.items():
             dataset, seed = run["args"]["dataset"], int(run["args"]["seed"])
             device = run.get("device") or result.get("device") or ""
             for kind, points in (("evaluation", run["history"]), ("episode", run["episodes"])):
                 rows += [{"dataset": dataset, "seed": seed, "explorer": explorer, "kind": kind, "step": int(p["step"]),
                           "normalized_score": float(p["normalized_score"]), "return": float(p["return"]),
-                          "device": device}
+                          "device": device, "setting": setting(run["args"]),
+                          **{key: p[key] for key in Q_FIELDS if kind == "episode" and p.get(key) is not None}}
                          for p in points]
     return rows
+
+
+def group_name(row: dict) -> str:
+    """What a table and a figure are per: the dataset, with the setting when it is not the default."""
+    return f"{row['dataset']} ({row['setting']})" if row.get("setting") else row["dataset"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -58,18 +87,22 @@ def read_rows(path: Path) -> list[dict]:
     missing = [field for field in FIELDS if rows and field not in rows[0]]
     if missing:
         raise SystemExit(f"--include {path}: columns {missing} missing (expected {list(FIELDS)})")
-    return [{**row, "device": row.get("device") or "", "seed": int(row["seed"]), "step": int(row["step"]),
+    return [{**row, "device": row.get("device") or "", "setting": row.get("setting") or "", "seed": int(row["seed"]),
+             **{key: float(row[key]) for key in Q_FIELDS if row.get(key) not in (None, "")}, "step": int(row["step"]),
              "normalized_score": float(row["normalized_score"]), "return": float(row["return"])} for row in rows]
 
 
 def merge(fresh: list[dict], included: list[dict]) -> list[dict]:
     """``fresh`` rows plus the included rows of (dataset, seed, explorer) cells that ``fresh`` lacks."""
-    have = {(r["dataset"], r["seed"], r["explorer"]) for r in fresh}
-    return fresh + [r for r in included if (r["dataset"], r["seed"], r["explorer"]) not in have]
+    def key(r):
+        return r["dataset"], r.get("setting") or "", r["seed"], r["explorer"]
+
+    have = {key(r) for r in fresh}
+    return fresh + [r for r in included if key(r) not in have]
 
 
 def summarise(rows: list[dict], late: int = 5) -> dict[str, dict[str, dict]]:
-    """Per dataset and explorer: ``steps``, ``mean``/``std``/``min``/``max`` of the evaluation over seeds at each
+    """Per group (:func:`group_name`: the dataset, with the setting unless default) and explorer: ``steps``, ``mean``/``std``/``min``/``max`` of the evaluation over seeds at each
     step (only steps every seed reached), ``seeds``, ``drop`` (mean over seeds of min(evaluations after step 0) −
     evaluation at step 0), ``late_per_seed`` (each seed's mean evaluation over the last ``late`` of ``steps``; all of
     them when fewer) and ``late`` (their mean), ``online_halves`` (mean episode score over the first and second half of
@@ -79,7 +112,7 @@ def summarise(rows: list[dict], late: int = 5) -> dict[str, dict[str, dict]]:
         raise ValueError(f"late must be >= 1 (evaluations to average); got {late}")
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: {"evaluation": {}, "episode": []})))
     for r in rows:
-        cell = cells[r["dataset"]][r["explorer"]][r["seed"]]
+        cell = cells[group_name(r)][r["explorer"]][r["seed"]]
         if r["kind"] == "evaluation":
             cell["evaluation"][r["step"]] = r["normalized_score"]
         else:
@@ -135,6 +168,27 @@ def table(summary: dict[str, dict[str, dict]], late: int = 5, devices=()) -> str
     return "\n".join(lines) + "\n"
 
 
+def q_table(rows: list[dict]) -> str:
+    """Markdown: per group and explorer, over every online episode that has them (:data:`Q_FIELDS`), the mean of
+    ``q_minus_return`` (positive: the critics overestimate what the executed actions led to) and of ``q_std``, with
+    the episode count; ``""`` when no row has them."""
+    cells: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["kind"] == "episode" and "q_minus_return" in r:
+            cells[group_name(r)][r["explorer"]].append((r["q_minus_return"], r.get("q_std", float("nan"))))
+    if not cells:
+        return ""
+    lines = ["| group | explorer | episodes | mean Q − return | critics' std |", "|---|---|---|---|---|"]
+    for group, explorers in cells.items():
+        for explorer, values in explorers.items():
+            errors, spread = np.array(values).T
+            lines.append(f"| {group} | {explorer} | {len(values)} | {errors.mean():.1f} | {np.nanmean(spread):.2f} |")
+    return "\n".join(lines) + ("\n\nThe critics at the actions the explorer executed online: ensemble-mean Q minus the "
+                               "discounted return that followed (the learner's reward units; the last 300 steps of "
+                               "time-limited episodes left out), and the critics' std there; per step, averaged per "
+                               "episode, then over episodes.\n")
+
+
 def plot(path: Path, dataset: str, explorers: dict[str, dict]) -> None:
     """Evaluation mean and min–max band over seeds; online episodes' mean per evaluation window."""
     import matplotlib
@@ -174,16 +228,17 @@ def main(argv=None) -> dict:
     if not rows:
         raise SystemExit(f"no fine-tuning runs found in {[str(o) for o in args.outs]} or {args.include}")
     args.save.mkdir(parents=True, exist_ok=True)
-    rows.sort(key=lambda r: (r["dataset"], r["seed"], r["explorer"], r["kind"], r["step"]))
+    rows.sort(key=lambda r: (r["dataset"], r.get("setting") or "", r["seed"], r["explorer"], r["kind"], r["step"]))
     with open(args.save / "explorers.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=(*FIELDS, "device"))
+        writer = csv.DictWriter(f, fieldnames=(*FIELDS, "device", "setting", *Q_FIELDS), restval="")
         writer.writeheader()
-        writer.writerows({**row, "device": row.get("device", "")} for row in rows)
+        writer.writerows({**row, "device": row.get("device", ""), "setting": row.get("setting", "")} for row in rows)
     summary = summarise(rows, args.late)
     devices = sorted({row.get("device") for row in rows} - {"", None})
-    (args.save / "explorers.md").write_text(table(summary, args.late, devices))
+    q = q_table(rows)
+    (args.save / "explorers.md").write_text(table(summary, args.late, devices) + (f"\n{q}" if q else ""))
     for dataset, explorers in summary.items():
-        plot(args.save / f"explorers_{dataset.replace('/', '_')}.png", dataset, explorers)
+        plot(args.save / f"explorers_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset).strip('_')}.png", dataset, explorers)
     print(table(summary, args.late, devices))
     return summary
 

@@ -16,6 +16,7 @@ Block names:
   finished seed), in ``learning.py``'s format;
 - ``curves/<folder>``: every evaluation of every seed (``curves.csv``), one table per dataset, BC left out;
 - ``explorers/<folder>``: ``finetune_explorers.py``'s summary over seeds at every evaluation step;
+- ``explorers-q/<folder>``: the critics at the executed actions against the return that followed, per explorer;
 - ``calibration/<penalties|reward|agreement|halting>``: over every run in ``benchmarks/results/calibration``;
 - ``peer/<csv stem>/<metric>``: a side-by-side CSV (cmbrl and OfflineRL-Kit), one row per run, one column per step;
 - the named blocks of :data:`NAMED` (the README's summary and the tables that join several folders).
@@ -559,6 +560,8 @@ def render(name: str) -> str:
         return curves_table(arg)
     if kind == "explorers" and (RESULTS / arg / "explorers.csv").exists():
         return explorer_table(arg)
+    if kind == "explorers-q" and (RESULTS / arg / "explorers.csv").exists():
+        return _finetune_explorers().q_table(explorer_rows(arg)).rstrip("\n")
     if kind == "calibration":
         return calibration_table(arg)
     if kind == "peer":
