@@ -87,9 +87,10 @@ def read_rows(path: Path) -> list[dict]:
     missing = [field for field in FIELDS if rows and field not in rows[0]]
     if missing:
         raise SystemExit(f"--include {path}: columns {missing} missing (expected {list(FIELDS)})")
-    return [{**row, "device": row.get("device") or "", "setting": row.get("setting") or "", "seed": int(row["seed"]),
-             **{key: float(row[key]) for key in Q_FIELDS if row.get(key) not in (None, "")}, "step": int(row["step"]),
-             "normalized_score": float(row["normalized_score"]), "return": float(row["return"])} for row in rows]
+    return [{**{k: v for k, v in row.items() if k not in Q_FIELDS}, "device": row.get("device") or "",
+             "setting": row.get("setting") or "", "seed": int(row["seed"]), "step": int(row["step"]),
+             "normalized_score": float(row["normalized_score"]), "return": float(row["return"]),
+             **{key: float(row[key]) for key in Q_FIELDS if row.get(key) not in (None, "")}} for row in rows]
 
 
 def merge(fresh: list[dict], included: list[dict]) -> list[dict]:

@@ -430,19 +430,36 @@ SUMMARY_ROWS = (
     ("MB2PO", "algorithms/awac-mb2po.md", "learning_w2d_mb2po_l05", "mb2po@penalty_coef=0.5",
      "cmbrl/walker2d/medium-replay-v0", "learning_w2d_long_fit", "after AWAC, λ 0.5"),
 )
-# fine-tuning rows: (page, folder, explorer, dataset, reference folder, offline steps)
+# fine-tuning rows: (page, folder, explorer, dataset, reference folder, offline steps, setting); the setting is
+# finetune_explorers.setting() of the runs ("" for AWAC at UTD 1) and names the base learner in the label
 SUMMARY_FINETUNE = (
-    ("algorithms/finetune-o3f.md", "finetune_30k_hm", "o3f", "cmbrl/hopper/medium-v0", "learning_short_combo", 30_000),
+    ("algorithms/finetune-o3f.md", "finetune_30k_hm", "o3f", "cmbrl/hopper/medium-v0", "learning_short_combo", 30_000,
+     ""),
     ("algorithms/finetune-o3f.md", "finetune_30k_hm", "none", "cmbrl/hopper/medium-v0", "learning_short_combo",
-     30_000),
+     30_000, ""),
     ("algorithms/finetune-o3f.md", "finetune_short_hcm", "o3f", "cmbrl/halfcheetah/medium-v0",
-     "learning_short_awac_hcm", 30_000),
+     "learning_short_awac_hcm", 30_000, ""),
+    ("algorithms/finetune-o3f.md", "finetune_iql_hcm", "o3f", "cmbrl/halfcheetah/medium-v0", "bc_generator2", 30_000,
+     "iql, UTD 1, critic UTD 1"),
 )
+"""Rows whose reference folder is ``bc_generator2`` ran on generator-2 data: their data and BC columns come from
+that folder (``bc_table``'s files); their link goes to the page's ``<dataset>-<base>`` section."""
+
+
+def _bc_generator2(dataset: str) -> tuple[str, str]:
+    """(data average, BC mean ± std) of a dataset on the generator-2 data (``bc_generator2``'s table row)."""
+    for line in bc_table("bc_generator2").splitlines()[2:]:
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if parts[0] == dataset:
+            return parts[2], parts[3]
+    return "—", "—"
 
 
 def _reference(folder: str, dataset: str, fallback: str | None = None) -> tuple[str, str]:
     """(data average, BC mean ± std) for a dataset: from the folder that ran the algorithm when it has them, else
-    from ``fallback`` (a folder of the same dataset that ran BC)."""
+    from ``fallback`` (a folder of the same dataset that ran BC; ``"bc_generator2"``: the generator-2 BC table)."""
+    if fallback == "bc_generator2":
+        return _bc_generator2(dataset)
     average = data_average(folder, dataset)
     if average is None and fallback:
         average = data_average(fallback, dataset)
@@ -475,12 +492,16 @@ def summary_table(prefix: str) -> str:
         lines.append(f"| {label} | `{dataset.split('/', 1)[1]}` | **{s['mean']:.1f}** ± {s['std']:.1f} "
                      f"({s['done']}) | {average} | {bc} | {s['steps']} steps | {_details(prefix, page, folder, dataset)} |")
     fe = _finetune_explorers()
-    for page, folder, explorer, dataset, ref, offline in SUMMARY_FINETUNE:
-        e = fe.summarise(explorer_rows(folder))[dataset][explorer]
+    for page, folder, explorer, dataset, ref, offline, setting in SUMMARY_FINETUNE:
+        e = fe.summarise(explorer_rows(folder))[fe.group_name({"dataset": dataset, "setting": setting})][explorer]
         average, bc = _reference(folder, dataset, ref)
-        lines.append(f"| AWAC → online, {explorer} explorer | `{dataset.split('/', 1)[1]}` | "
+        base = setting.split(",")[0].upper() if setting else "AWAC"
+        details = _details(prefix, page, folder, dataset)
+        if setting:  # the page's "<dataset>, <BASE>" section
+            details = details.replace(")", f"-{base.lower()})", 1)
+        lines.append(f"| {base} → online, {explorer} explorer | `{dataset.split('/', 1)[1]}` | "
                      f"**{e['mean'][-1]:.1f}** ± {e['std'][-1]:.1f} ({len(e['seeds'])}) | {average} | {bc} | "
-                     f"{offline:,} offline + {e['steps'][-1]:,} online steps | {_details(prefix, page, folder, dataset)} |")
+                     f"{offline:,} offline + {e['steps'][-1]:,} online steps | {details} |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,10 @@
 
     python examples/explorer_choices.py runs/ft_hm/finetune/cmbrl_hopper_medium-v0/seed0/offline/agent.pt
     python examples/explorer_choices.py AGENT.pt --dataset cmbrl/hopper/medium-v0 --num-states 1000 --optimism 1
+    python examples/explorer_choices.py OFFLINE/agent.pt --weights RUN/o3f/checkpoint_seed0.pt   # after fine-tuning
 
-For an ``examples/awac.py`` / ``examples/finetune.py`` agent (``agent.pt``) and ``--num-states`` states drawn from
+For an ``examples/awac.py`` / ``examples/finetune.py`` agent (``agent.pt``; AWAC or, with ``--base iql``, IQL;
+``--weights`` swaps in the learner of a fine-tuning checkpoint) and ``--num-states`` states drawn from
 the dataset, one ``OptimisticExplorer`` call (O3F, OpenReview 2x8EKbGU51k, Algorithm 1 lines 2–4, Eq. 2: ``a ~ π(s)``,
 ``N`` candidates ``clip(a + σε)``, execute ``argmax Q_mean + ω·Q_std``) and the policy's sample ``a`` from the same
 random state. Prints, per state averaged:
@@ -27,13 +29,13 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cmbrl import load_dataset
-from cmbrl.agents import AWAC, OptimisticExplorer, ensemble_qvalues
+from cmbrl.agents import AWAC, IQL, OptimisticExplorer, ensemble_qvalues
 from cmbrl.components.cli import HelpFormatter
 from cmbrl.components.devices import DEVICE_CHOICES
 from cmbrl.components.training import dataset_env_id, load_checkpoint, resolve_run_device
 
 
-def choice_stats(agent: AWAC, observations: torch.Tensor, num_candidates: int = 100, sigma: float = 0.2,
+def choice_stats(agent: AWAC | IQL, observations: torch.Tensor, num_candidates: int = 100, sigma: float = 0.2,
                  optimism: float = 0.0, seed: int = 0) -> dict[str, float]:
     """The statistics above for ``observations`` of shape ``(B, O)``; ``agent``'s actions lie in [−1, 1]."""
     explorer = OptimisticExplorer(agent.policy, agent, num_candidates=num_candidates, sigma=sigma, optimism=optimism)
@@ -57,6 +59,8 @@ def choice_stats(agent: AWAC, observations: torch.Tensor, num_candidates: int = 
 def main(argv=None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("agent", help="agent.pt of examples/awac.py or examples/finetune.py (offline/agent.pt)")
+    p.add_argument("--weights", default=None, help="a fine-tuning checkpoint (examples/finetune.py's "
+                   "checkpoint_seed<S>.pt) whose learner replaces agent.pt's weights (agent.pt gives the architecture)")
     p.add_argument("--dataset", default=None, help="states from this dataset (default: the agent's)")
     p.add_argument("--num-states", type=int, default=1000, help="dataset states to choose actions in")
     p.add_argument("--num-candidates", type=int, default=100, help="N (O3F §5.3: 100)")
@@ -72,9 +76,10 @@ def main(argv=None) -> dict[str, float]:
     if not {"agent", "agent_kwargs", "observation_dim", "action_dim"} <= set(stage):
         raise SystemExit(f"{args.agent}: not an examples/awac.py or examples/finetune.py agent.pt (keys "
                          f"{sorted(stage)})")
-    agent = AWAC(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"],
-                 device=device)
-    agent.load_state_dict(stage["agent"])
+    learner = {"awac": AWAC, "iql": IQL}[stage.get("base", "awac")]
+    agent = learner(stage["observation_dim"], stage["action_dim"], seed=args.seed, **stage["agent_kwargs"],
+                    device=device)
+    agent.load_state_dict(load_checkpoint(args.weights, device)["agent"] if args.weights else stage["agent"])
     dataset_id, _ = dataset_env_id(args.dataset or stage["args"]["dataset"])
     data = load_dataset(dataset_id)
     if data["observation"].shape[-1] != stage["observation_dim"]:

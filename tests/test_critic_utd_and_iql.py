@@ -176,6 +176,12 @@ def test_finetune_iql_base_scales_rewards_and_rejects_bad_settings(tmp_path):
     for episode in episodes:  # returns are the environment's, not the scaled rewards the learner saw
         assert episode["normalized_score"] == pytest.approx(finetune.normalized(
             finetune.minari.load_dataset(args.dataset), [episode["return"]]))
+    import explorer_choices  # O3F's choices with IQL's critics, offline and after fine-tuning (--weights)
+    agent_path = str(out / "offline" / "agent.pt")
+    offline = explorer_choices.main([agent_path, "--num-states", "20", "--num-candidates", "8"])
+    tuned = explorer_choices.main([agent_path, "--num-states", "20", "--num-candidates", "8", "--weights",
+                                   str(out / "o3f" / "checkpoint_seed0.pt")])
+    assert offline["gain"] >= 0 and tuned["gain"] >= 0 and offline["policy_score"] != tuned["policy_score"]
     with pytest.raises(SystemExit, match="--critic-utd"):
         finetune.main(finetune.dataclasses.replace(args, critic_utd=1, utd=2))
     with pytest.raises(SystemExit, match="--base"):
