@@ -14,7 +14,7 @@ after the budget is spent, and says so):
    dimensions (O 11, A 3), the all-member ``max_aleatoric`` penalty (MOPO) and the hopper termination function, the
    policy a SAC actor on the same device: transitions per second, eager and ``compile=True``.
 3. **Updates per second** of :class:`cmbrl.SAC`, :class:`cmbrl.AWAC` and :class:`cmbrl.COMBO` (batch 256, their
-   default networks) on pre-generated batches already on the device: ``eager``, ``compile`` (``torch.compile`` of the
+   default networks), then fine-tuning's AWAC critic-only step (5 critics) and IQL (5 critics) (:data:`LEARNERS`) on pre-generated batches already on the device: ``eager``, ``compile`` (``torch.compile`` of the
    whole update) and, on CUDA, ``cudagraphs`` (the compiled update captured by ``tensordict.nn.CudaGraphModule``,
    as TorchRL's SOTA scripts and LeanRL run SAC). The first call's time (compilation / capture) is reported apart.
 4. **One ensemble-fit epoch** on ``--fit-transitions`` synthetic transitions (default 1M; 7 x 4 x 200 SiLU, batch
@@ -22,7 +22,8 @@ after the budget is spent, and says so):
 5. **Projections** from the figures above: MOPO's 1M SAC steps with a rollout of 50,000 starts x h 5 every 1,000
    steps (MOPO arXiv:2005.13239 §5 / OfflineRL-Kit), and MB2PO's 500 iterations of 1M model transitions and 1,000
    AWAC updates (MB2PO, OpenReview wiSgdeJ29ee; values unverified, see ``../shared/HYPERPARAMETERS.md`` §4). Both
-   leave out the ensemble fit and the evaluations.
+   leave out the ensemble fit and the evaluations. And one O3F explorer run at critic UTD 20: 10k env steps x 20
+   critic steps (the env steps and the one actor update per env step left out).
 
 Prints a markdown table and writes ``gpu_check.json`` and ``gpu_check.md`` under ``--out``. Synthetic data only:
 no dataset, MuJoCo or network is needed, so it runs on a bare GPU machine that has the carried wheels
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MOPO_STEPS, MOPO_ROLLOUT_EVERY, MOPO_ROLLOUT_TRANSITIONS = 1_000_000, 1_000, 50_000 * 5
 MB2PO_ITERATIONS, MB2PO_TRANSITIONS, MB2PO_UPDATES = 500, 1_000_000, 1_000
+O3F_ENV_STEPS = 10_000  # issue 29's online budget per explorer
 MODES = ("eager", "compile", "cudagraphs")
 
 
@@ -122,12 +124,25 @@ def model_throughput(device: torch.device, compile: bool, starts: int, horizon: 
             "transitions_per_s": transitions / seconds, "seconds_per_1m": seconds * 1e6 / transitions}
 
 
+LEARNERS = ("sac", "awac", "combo", "awac5_critic", "iql5")
+"""Part 3's learners: the three defaults, then fine-tuning's (issue 29): ``awac5_critic`` is
+``AWAC(num_qvalue_nets=5, target_subset_size=2).update_critic`` (the 19 extra critic steps per env step of
+``examples/finetune.py --critic-utd 20``), ``iql5`` is ``IQL(num_qvalue_nets=5).update`` (O3F's IQL)."""
+
+
 def make_learner(name: str, device: torch.device, mode: str):
     from cmbrl import AWAC, COMBO, SAC
+    from cmbrl.agents import IQL
 
-    cls = {"sac": SAC, "awac": AWAC, "combo": COMBO}[name]
-    return cls(11, 3, seed=0, device=device, compile=mode in ("compile", "cudagraphs"),
-               cudagraphs=mode == "cudagraphs")
+    kwargs = {"seed": 0, "device": device, "compile": mode in ("compile", "cudagraphs"),
+              "cudagraphs": mode == "cudagraphs"}
+    if name == "awac5_critic":
+        agent = AWAC(11, 3, num_qvalue_nets=5, target_subset_size=2, **kwargs)
+        agent.update = agent.update_critic  # what update_throughput times
+        return agent
+    if name == "iql5":
+        return IQL(11, 3, num_qvalue_nets=5, **kwargs)
+    return {"sac": SAC, "awac": AWAC, "combo": COMBO}[name](11, 3, **kwargs)
 
 
 def update_throughput(name: str, device: torch.device, mode: str, batches: list, steps: int) -> dict:
@@ -170,6 +185,7 @@ def projections(report: dict) -> dict:
     model = best(report.get("model", {}), "seconds_per_1m")
     sac = best(report.get("updates", {}).get("sac", {}), "ms_per_update")
     awac = best(report.get("updates", {}).get("awac", {}), "ms_per_update")
+    critic = best(report.get("updates", {}).get("awac5_critic", {}), "ms_per_update")
     if model and sac:
         rollouts = MOPO_STEPS // MOPO_ROLLOUT_EVERY * MOPO_ROLLOUT_TRANSITIONS / 1e6 * model[1]
         updates = MOPO_STEPS * sac[1] / 1e3
@@ -180,6 +196,10 @@ def projections(report: dict) -> dict:
         updates = MB2PO_ITERATIONS * MB2PO_UPDATES * awac[1] / 1e3
         out["mb2po_500_iterations"] = {"minutes": (rollouts + updates) / 60, "rollouts_min": rollouts / 60,
                                        "updates_min": updates / 60, "awac_mode": awac[0], "model_mode": model[0]}
+    if critic:  # issue 29: O3F's critic UTD 20, 10k env steps, counted as 20 critic steps per env step
+        updates = O3F_ENV_STEPS * 20 * critic[1] / 1e3
+        out["o3f_critic_utd20_10k_env_steps"] = {"minutes": updates / 60, "rollouts_min": 0.0,
+                                                 "updates_min": updates / 60, "critic_mode": critic[0]}
     return out
 
 
@@ -242,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-tests", action="store_true", help="do not run pytest -m cuda first")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="comma-separated subset of eager,compile,cudagraphs (cudagraphs: CUDA only)")
-    parser.add_argument("--learners", default="sac,awac,combo", help="comma-separated subset of sac,awac,combo")
+    parser.add_argument("--learners", default=",".join(LEARNERS),
+                        help=f"comma-separated subset of {','.join(LEARNERS)} (see LEARNERS)")
     parser.add_argument("--rollout-starts", type=int, default=200_000, help="model rollouts per call (B)")
     parser.add_argument("--horizon", type=int, default=5, help="model rollout horizon h")
     parser.add_argument("--update-steps", type=int, default=500, help="updates per timing block")
@@ -261,8 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     learners = [name.strip() for name in args.learners.split(",") if name.strip()]
     if bad := [m for m in modes if m not in MODES]:
         parser.error(f"--modes: unknown {bad}; allowed {list(MODES)}")
-    if bad := [n for n in learners if n not in ("sac", "awac", "combo")]:
-        parser.error(f"--learners: unknown {bad}; allowed ['sac', 'awac', 'combo']")
+    if bad := [n for n in learners if n not in LEARNERS]:
+        parser.error(f"--learners: unknown {bad}; allowed {list(LEARNERS)}")
     if args.quick:
         args.rollout_starts, args.update_steps, args.fit_transitions = 1_000, 10, 5_000
     if device.type == "cuda":

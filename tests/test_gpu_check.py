@@ -25,7 +25,7 @@ def test_quick_cpu_run_reports_every_part(gpu_check, tmp_path):
     assert "tests" not in saved  # the CUDA tests run on a CUDA device only
     model = saved["model"]["eager"]
     assert model["transitions"] == 1_000 * 5 and model["transitions_per_s"] > 0
-    for name in ("sac", "awac", "combo"):
+    for name in ("sac", "awac", "combo", "awac5_critic", "iql5"):
         assert saved["updates"][name]["eager"]["updates_per_s"] > 0, saved["updates"][name]
         assert saved["updates"][name]["cudagraphs"] == "CUDA only"
     assert saved["fit"]["seconds_per_epoch"] > 0
@@ -34,6 +34,9 @@ def test_quick_cpu_run_reports_every_part(gpu_check, tmp_path):
     expected_updates = 1_000_000 * saved["updates"]["sac"]["eager"]["ms_per_update"] / 1e3 / 60
     assert mopo["updates_min"] == pytest.approx(expected_updates)
     assert mopo["minutes"] == pytest.approx(mopo["updates_min"] + mopo["rollouts_min"])
+    o3f = report["projections"]["o3f_critic_utd20_10k_env_steps"]  # issue 29: 10k env steps x 20 critic steps
+    assert o3f["minutes"] == pytest.approx(10_000 * 20 * saved["updates"]["awac5_critic"]["eager"]["ms_per_update"]
+                                           / 1e3 / 60)
     table = (tmp_path / "gpu_check.md").read_text()
     assert "SAC updates/s" in table and "quick smoke run" in table
 
