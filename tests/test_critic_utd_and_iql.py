@@ -1,6 +1,7 @@
 """Issue 29: critic-only updates (REDQ's critic update-to-data ratio), IQL as a second base, and both in
 examples/finetune.py and benchmarks/finetune_explorers.py."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -250,3 +251,23 @@ def test_q_against_return_uses_the_discounted_return_that_followed():
     errors, spread = finetune.q_against_return(long, 0.9, truncated=True)  # the time limit cut the tail's return
     assert len(errors) == len(spread) == 2
     assert finetune.q_against_return(long[:5], 0.9, truncated=True) == ([], [])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ("awac", "iql"))
+@pytest.mark.parametrize("mode", ("eager", "cudagraphs"))
+def test_critic_and_whole_updates_on_cuda(name, mode):
+    """Written for the GPU check (``pytest -m cuda``); not run on this project's CPU machines."""
+    cls = AWAC if name == "awac" else IQL
+    kwargs = {"num_qvalue_nets": 5, "seed": 0, "device": "cuda", "compile": mode == "cudagraphs",
+              "cudagraphs": mode == "cudagraphs"}
+    if name == "awac":
+        kwargs["target_subset_size"] = 2
+    agent = cls(O, A, hidden_sizes=(16, 16), actor_hidden_sizes=(16, 16), **kwargs)
+    actor = _params(agent.loss_module.actor_network_params)
+    for i in range(10):  # CudaGraphModule captures after its warm-up calls
+        critic = agent.update_critic(_batch(i).to("cuda"), sync=False)
+    assert not _changed(actor, agent.loss_module.actor_network_params)
+    whole = agent.update(_batch(11).to("cuda"))
+    assert all(v.device.type == "cuda" for v in critic.values()) and all(map(math.isfinite, whole.values()))
