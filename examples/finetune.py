@@ -40,7 +40,7 @@ explorer. Each finished online episode's return is logged (``episodes`` in resul
 Outputs: a single explorer runs in ``<out>``; several (``--explorers a,b,c``) run one after the other from the same
 offline agent and seed into ``<out>/<name>``, and ``<out>/result.json`` then carries every run under ``runs`` (its
 ``normalized_score`` and ``history`` are the first explorer's). Each run writes ``checkpoint_seed<S>.pt`` at every
-evaluation (rerunning the command resumes; the env starts a fresh episode, the unfinished one is not counted) and
+evaluation and every ``checkpoint-every`` env steps (rerunning the command resumes; the env starts a fresh episode, the unfinished one is not counted) and
 ``result.json`` (``benchmarks/learning.py``'s cell contract; ``step`` counts online env steps).
 ``<out>/online_curves_seed<S>.png`` has every explorer's evaluation and online-episode curves on one figure.
 """
@@ -95,7 +95,7 @@ class Args:
     base: str = "awac"
     """Offline learner, kept online: awac (AWAC, O3F's stand-in for LAPO) or iql (TorchRL's IQLLoss; O3F §6)."""
     offline_steps: int = 30_000
-    """Offline AWAC updates (the learning benchmark's short budget; CORL: 1M)."""
+    """Offline updates of the base learner (the learning benchmark's short budget; CORL's AWAC and IQL: 1M)."""
     num_critics: int = 5
     """Critic ensemble size (O3F §5.3: 5)."""
     target_critics: int = 2
