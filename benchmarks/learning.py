@@ -278,7 +278,10 @@ def expand_sweeps(algos: Sequence[str], sweeps: Sequence[tuple[str, str, list[st
     """``variant name -> (algo, swept arguments)``: every combination of the sweeps matching each algo, in order.
 
     An algo no sweep matches is its own single variant (``"mopo" -> ("mopo", {})``); a swept one has a variant per
-    combination, named ``algo@key=value,key=value`` (keys in the order of the sweeps, values as written).
+    combination, named ``algo@key=value,key=value`` (keys in the order of the sweeps, values as written). Values are
+    parsed as ``--set``'s, except that ``none`` stays the string ``"none"`` (``--sweep finetune:explorers=o3f,none``
+    runs the ``none`` explorer; ``--set``'s ``none`` drops an argument, which in a sweep would silently rerun the
+    default).
 
     Raises:
         ValueError: a sweep's ALGO matches none of ``algos`` (the message lists them).
@@ -293,7 +296,9 @@ def expand_sweeps(algos: Sequence[str], sweeps: Sequence[tuple[str, str, list[st
         axes = [(key, texts) for algo_glob, key, texts in sweeps if fnmatch.fnmatchcase(algo, algo_glob)]
         for combination in itertools.product(*[texts for _, texts in axes]):
             name = algo + ("@" + ",".join(f"{k}={v}" for (k, _), v in zip(axes, combination)) if axes else "")
-            variants[name] = (algo, {key: parse_value(text) for (key, _), text in zip(axes, combination)})
+            # a swept value is always passed on: "none" is the string (an explorer, a penalty), never a dropped flag
+            variants[name] = (algo, {key: text if text.lower() == "none" else parse_value(text)
+                                     for (key, _), text in zip(axes, combination)})
     return variants
 
 

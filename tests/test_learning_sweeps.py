@@ -24,7 +24,7 @@ def test_sweep_parsing_and_variant_names(learning):
         "mopo@penalty_coef=0.5,horizon=1,penalty=none", "mopo@penalty_coef=0.5,horizon=5,penalty=none",
         "mopo@penalty_coef=1,horizon=1,penalty=none", "mopo@penalty_coef=1,horizon=5,penalty=none"]
     assert variants["mopo@penalty_coef=1,horizon=5,penalty=none"] == ("mopo", {"penalty_coef": 1, "horizon": 5,
-                                                                              "penalty": None})
+                                                                              "penalty": "none"})
     for bad in ("mopo:penalty_coef", "penalty_coef=1,2", "mopo:penalty_coef=1,,2", "mopo::x=1", "a:b:c=1"):
         with pytest.raises(ValueError, match=r"expected ALGO:KEY=V1,V2,\.\.\. \(e\.g\. mopo:penalty_coef="):
             learning.parse_sweep(bad)
