@@ -46,7 +46,7 @@ DEFAULT_COMBO_HYPERPARAMETERS = (5, 5.0)
 
 __all__ = ["MOPO_HYPERPARAMETERS", "mopo_hyperparameters", "dataset_env_id", "resolve_model_settings",
            "parse_dataclass_args", "resolve_run_device", "compile_setting", "learner_kwargs", "device_record",
-           "make_eval_env", "load_checkpoint", "rng_state", "restore_rng_state", "accumulate_metrics",
+           "make_eval_env", "observation_stats", "standardized", "observation_norm", "load_checkpoint", "rng_state", "restore_rng_state", "accumulate_metrics",
            "mean_metrics", "discounted_returns_to_go", "make_q_probe", "critic_values", "evaluate_policy",
            "file_lock", "fit_or_load_ensemble", "plot_learning_curve", "COMBO_HYPERPARAMETERS",
            "combo_hyperparameters", "train_in_model", "default_max_transitions", "negative_reward_warning",
@@ -178,6 +178,49 @@ def make_eval_env(env_id: str, device: torch.device | str = "cpu", seed: int | N
     if seed is not None:
         env.set_seed(seed)
     return env
+
+
+def observation_stats(observations: torch.Tensor, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loc, scale)`` of a dataset's observations for standardisation: the per-dimension mean and the population
+    standard deviation plus ``eps`` (CORL's ``compute_mean_std(states, eps=1e-3)``, used by its AWAC and IQL).
+
+    Args:
+        observations: ``(T, O)`` floating point, on any device (the statistics are computed there, in float64).
+        eps: added to the standard deviation (keeps constant dimensions finite), > 0.
+
+    Returns:
+        ``loc`` and ``scale``, each ``(O,)`` float32 on ``observations``' device.
+
+    Raises:
+        ValueError: not a 2-d floating-point tensor with at least one row, or ``eps <= 0``.
+    """
+    if observations.ndim != 2 or observations.shape[0] < 1 or not observations.is_floating_point():
+        raise ValueError(f"observations must be a (T, O) floating-point tensor with T >= 1, got shape "
+                         f"{tuple(observations.shape)} and dtype {observations.dtype}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    x = observations.double()
+    return x.mean(0).float(), (x.std(0, unbiased=False) + eps).float()
+
+
+def standardized(transitions: TensorDictBase, loc: torch.Tensor, scale: torch.Tensor) -> TensorDictBase:
+    """A copy of ``transitions`` with ``"observation"`` and ``("next", "observation")`` replaced by
+    ``(x - loc) / scale`` (the other entries shared, not copied); ``loc``, ``scale``: ``(O,)``, as
+    :func:`observation_stats` returns. Use the same statistics for the env: :func:`observation_norm`."""
+    out = transitions.copy()
+    out.set("observation", (transitions.get("observation") - loc) / scale)
+    if ("next", "observation") in transitions.keys(include_nested=True):
+        out.set(("next", "observation"), (transitions.get(("next", "observation")) - loc) / scale)
+    return out
+
+
+def observation_norm(loc: torch.Tensor, scale: torch.Tensor):
+    """TorchRL's ``ObservationNorm`` computing ``(observation - loc) / scale`` (``standard_normal=True``): append it
+    to an env (``env.append_transform(observation_norm(loc, scale))``) so that its observations match data
+    standardised by :func:`standardized` with the same ``(O,)`` statistics."""
+    from torchrl.envs import ObservationNorm
+
+    return ObservationNorm(loc=loc.clone(), scale=scale.clone(), in_keys=["observation"], standard_normal=True)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -86,8 +86,10 @@ def main(argv=None) -> dict[str, float]:
         raise SystemExit(f"{dataset_id} has {data['observation'].shape[-1]}-dim observations; the agent takes "
                          f"{stage['observation_dim']}")
     rows = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.num_states]
-    stats = choice_stats(agent, data["observation"][rows].to(device), args.num_candidates, args.sigma, args.optimism,
-                         args.seed)
+    states = data["observation"][rows].to(device)
+    if stage.get("observation_loc") is not None:  # an agent trained on standardised observations (finetune.py)
+        states = (states - stage["observation_loc"].to(device)) / stage["observation_scale"].to(device)
+    stats = choice_stats(agent, states, args.num_candidates, args.sigma, args.optimism, args.seed)
     print(json.dumps({"agent": args.agent, "dataset": dataset_id, "states": len(rows),
                       **{k: round(v, 4) for k, v in stats.items()}}, indent=1))
     return stats

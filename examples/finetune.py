@@ -66,7 +66,8 @@ from cmbrl.agents import AWAC, EXPLORERS, IQL, ensemble_qvalues, iql_reward_scal
 from cmbrl.components import save_atomic
 from cmbrl.components.training import (accumulate_metrics, dataset_env_id, device_record, evaluate_policy,
                                        file_lock, learner_kwargs, load_checkpoint, make_eval_env, mean_metrics,
-                                       parse_dataclass_args, resolve_run_device, restore_rng_state, rng_state)
+                                       observation_norm, observation_stats, parse_dataclass_args,
+                                       resolve_run_device, restore_rng_state, rng_state, standardized)
 
 KEYS = offline_example.KEYS
 RESUMABLE = {"num_steps", "eval_every", "eval_episodes", "threads", "out", "logger", "progress", "explorers", "device",
@@ -113,6 +114,10 @@ class Args:
     reward_scale: float = 0.0
     """Multiplies every reward the learner sees, dataset and online (0: IQL's 1000 / (max - min) dataset episode
     return with --base iql, 1 with awac)."""
+    normalize_observations: int = 0
+    """1: standardise observations with the dataset's mean and std (+ 1e-3): the replay buffer's and those of every
+    env the policy acts in (CORL's AWAC and IQL do; IQL's, AWAC's and O3F's papers do not: 0). The statistics are
+    saved with the offline agent, and an agent trained with them always gets them online."""
     weight: str = "exp_clamp"
     """exp_clamp or batch_softmax."""
     max_weight: float = 20.0
@@ -187,6 +192,7 @@ def offline_settings(args: Args) -> dict:
     """What an offline checkpoint must have been made with to be resumed (AWAC's keys as before ``--base``)."""
     keys = IQL_OFFLINE_KEYS if args.base == "iql" else OFFLINE_KEYS + (("reward_scale",) if args.reward_scale
                                                                         not in (0, 1) else ())
+    keys += ("normalize_observations",) if args.normalize_observations else ()  # older checkpoints lack the key
     return {key: getattr(args, key) for key in keys}
 
 
@@ -250,9 +256,19 @@ def normalized(meta, returns) -> float:
     return 100 * float(np.mean(minari.get_normalized_score(meta, np.asarray(returns, dtype=float))))
 
 
+def learner_view(transitions, scale: float, stage_or_stats: dict):
+    """``transitions`` as the learner sees them: rewards times ``scale`` and, when the stage (or a dict) holds
+    ``observation_loc`` / ``observation_scale``, observations standardised with them."""
+    transitions = scaled(transitions, scale)
+    loc = stage_or_stats.get("observation_loc")
+    return transitions if loc is None else standardized(transitions, loc.to(transitions.device),
+                                                        stage_or_stats["observation_scale"].to(transitions.device))
+
+
 def offline_phase(args: Args, data, out: Path, device: torch.device, scale: float = 1.0) -> dict:
-    """Trains (or resumes) the base learner on the dataset (on ``device``, rewards times ``scale``) in ``out``; returns
-    an ``agent.pt`` dict (examples/awac.py's format, plus ``base`` and ``reward_scale``)."""
+    """Trains (or resumes) the base learner on the dataset (on ``device``, rewards times ``scale``, observations
+    standardised with ``--normalize-observations 1``) in ``out``; returns an ``agent.pt`` dict (examples/awac.py's
+    format, plus ``base``, ``reward_scale``, ``observation_loc`` and ``observation_scale``: ``(O,)`` or None)."""
     out.mkdir(parents=True, exist_ok=True)
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
     agent = make_agent(args, obs_dim, act_dim, args.seed, learner_kwargs(args, device))
@@ -265,8 +281,10 @@ def offline_phase(args: Args, data, out: Path, device: torch.device, scale: floa
         agent.load_state_dict(ckpt["agent"])
         step = ckpt["step"]
         restore_rng_state(ckpt, device)
+    loc, obs_scale = observation_stats(data["observation"]) if args.normalize_observations else (None, None)
+    stats = {"observation_loc": loc, "observation_scale": obs_scale}
     buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0], device=device), batch_size=args.batch_size)
-    buffer.extend(scaled(data.select(*KEYS), scale))
+    buffer.extend(learner_view(data.select(*KEYS), scale, stats))
     for step in tqdm.trange(step, args.offline_steps, desc=f"offline {args.base.upper()}", disable=not args.progress, mininterval=5):
         agent.update(buffer.sample(), sync=False)  # no host sync per step
         if (step + 1) % 5_000 == 0 and step + 1 < args.offline_steps:
@@ -274,7 +292,7 @@ def offline_phase(args: Args, data, out: Path, device: torch.device, scale: floa
                          **rng_state(device)}, ckpt_path)
     stage = {"agent": agent.state_dict(), "agent_kwargs": agent_kwargs(args), "observation_dim": obs_dim,
              "action_dim": act_dim, "args": dataclasses.asdict(args), "base": args.base,
-             "reward_scale": scale}
+             "reward_scale": scale, **stats}
     save_atomic({**stage, "step": args.offline_steps, "settings": settings, **rng_state(device)}, ckpt_path)
     save_atomic(stage, out / "agent.pt")
     return stage
@@ -295,7 +313,7 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path, d
                               num_candidates=args.num_candidates, optimism=args.optimism)
     buffer = ReplayBuffer(storage=LazyTensorStorage(data.shape[0] + args.num_steps, device=device),
                           batch_size=args.batch_size)
-    buffer.extend(scaled(data.select(*KEYS), scale))
+    buffer.extend(learner_view(data.select(*KEYS), scale, stage))
     step, history, episodes, wall = 0, [], [], 0.0
     ckpt_path = out / f"checkpoint_seed{args.seed}.pt"
     if ckpt_path.exists():
@@ -310,6 +328,10 @@ def online_phase(args: Args, stage: dict, data, explorer_name: str, out: Path, d
     env = TransformedEnv(GymEnv(args.env_id), DoubleToFloat())  # CPU MuJoCo; the collector moves its frames
     env.set_seed(args.seed + step)  # a resumed run does not replay the first run's episodes
     eval_env = make_eval_env(args.env_id, device, seed=args.seed + 10_000 + step)  # CPU MuJoCo, tensors on device
+    if stage.get("observation_loc") is not None:  # the policy acts on observations standardised as its data
+        loc, obs_scale = stage["observation_loc"], stage["observation_scale"]
+        env.append_transform(observation_norm(loc.cpu(), obs_scale.cpu()))
+        eval_env.append_transform(observation_norm(loc.to(device), obs_scale.to(device)))
     logger = get_logger(args.logger, logger_name=str(out / "logs"), experiment_name=f"finetune_seed{args.seed}")
     started, window = time.time() - wall, {"gain": [], "metrics": {}, "updates": 0, "q_error": [], "q_std": []}
     qvalues, discount = ensemble_qvalues(agent), agent_discount(agent)
@@ -442,6 +464,8 @@ def main(args: Args) -> dict:
                          f"{args.utd}, {args.num_critics}, {args.target_critics}, {args.checkpoint_every}")
     if args.base not in BASES:
         raise SystemExit(f"--base takes one of {sorted(BASES)}; got {args.base!r}")
+    if args.normalize_observations not in (0, 1):
+        raise SystemExit(f"--normalize-observations takes 0 or 1; got {args.normalize_observations}")
     if args.reward_scale < 0 or args.expectile <= 0 or args.expectile >= 1 or args.beta <= 0:
         raise SystemExit(f"--reward-scale must be >= 0 (0: the base's default), --expectile in (0, 1), --beta > 0; "
                          f"got {args.reward_scale}, {args.expectile}, {args.beta}")
@@ -464,6 +488,9 @@ def main(args: Args) -> dict:
             raise SystemExit(f"--offline-checkpoint {args.offline_checkpoint} holds a {stage.get('base', 'awac')} "
                              f"agent; --base is {args.base}")
         stage.setdefault("reward_scale", scale)
+        if args.normalize_observations and stage.get("observation_loc") is None:
+            raise SystemExit(f"--normalize-observations 1: {args.offline_checkpoint} was trained on raw observations "
+                             "(no observation_loc / observation_scale); drop the flag or train the offline phase here")
         offline_dir = None
     else:
         offline_dir = Path(args.offline_dir.format(seed=args.seed, dataset=args.dataset.replace("/", "_"))
@@ -472,7 +499,8 @@ def main(args: Args) -> dict:
         with file_lock(offline_dir / ".lock"):  # explorer cells sharing --offline-dir train it once
             stage = offline_phase(args, data, offline_dir, device, scale)
     num_critics = stage["agent_kwargs"].get("num_qvalue_nets", 2)  # the loaded agent's, not --num-critics
-    print(f"fine-tuning {args.base.upper()} (reward scale {stage['reward_scale']:.4g}) on {args.env_id} from "
+    print(f"fine-tuning {args.base.upper()} (reward scale {stage['reward_scale']:.4g}, observations "
+          f"{'raw' if stage.get('observation_loc') is None else 'standardised'}) on {args.env_id} from "
           f"{args.offline_checkpoint or offline_dir} "
           f"({num_critics} critics), explorers {names}, {args.num_steps:,} "
           f"steps at UTD {args.utd} (critic UTD {critic_updates(args)}), seed {args.seed}, on {device}", flush=True)

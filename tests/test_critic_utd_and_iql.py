@@ -271,3 +271,69 @@ def test_critic_and_whole_updates_on_cuda(name, mode):
     assert not _changed(actor, agent.loss_module.actor_network_params)
     whole = agent.update(_batch(11).to("cuda"))
     assert all(v.device.type == "cuda" for v in critic.values()) and all(map(math.isfinite, whole.values()))
+
+
+def test_corl_iql_driver_trains_and_reloads_cmbrl_iql(tmp_path):
+    """benchmarks/peers/corl_iql.py's cmbrl side: evaluations at the stated steps, Q on data moves with training, and
+    ``--weights`` evaluates a saved agent exactly as the training run did; a wrong CORL checkout is a clear error."""
+    import importlib.util
+    make_dataset("cmbrl/hopper/medium-v0", num_steps=2_000, seed=0)
+    spec = importlib.util.spec_from_file_location("corl_iql", ROOT / "benchmarks" / "peers" / "corl_iql.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    common = ["--dataset", "hopper-medium", "--eval-episodes", "1", "--num-critics", "3"]
+    driver.main(["--impl", "cmbrl", "--steps", "4", "--eval-every", "2", "--out", str(tmp_path / "ours"), *common])
+    history = json.loads((tmp_path / "ours" / "result.json").read_text())["history"]
+    assert [p["step"] for p in history] == [0, 2, 4]
+    assert history[0]["q_data"] != history[-1]["q_data"]
+    args = finetune.Args(base="iql", num_critics=3, offline_steps=4, num_steps=1, eval_every=1, eval_episodes=1,
+                         explorers="none", threads=1, progress=0, out=str(tmp_path / "ft"))
+    finetune.main(args)
+    weights = str(tmp_path / "ft" / "offline" / "agent.pt")
+    for name in ("a", "b"):
+        driver.main(["--impl", "cmbrl", "--steps", "0", "--weights", weights, "--out", str(tmp_path / name), *common])
+    first, second = (json.loads((tmp_path / n / "result.json").read_text())["history"] for n in ("a", "b"))
+    assert len(first) == 1 and first[0]["q_data"] == second[0]["q_data"]  # the saved critics, not fresh ones
+    assert first[0]["q_data"] != history[0]["q_data"]
+    with pytest.raises(SystemExit, match="expected a checkout of tinkoff-ai/CORL"):
+        driver.main(["--impl", "corl", "--corl-path", str(tmp_path), "--steps", "0", "--out", str(tmp_path / "c"),
+                     *common])
+
+
+def test_finetune_normalize_observations_standardises_data_and_envs(tmp_path):
+    """--normalize-observations 1: the offline agent carries the dataset's statistics, its step-0 evaluation is the
+    one of an env standardised with them (not of the raw env), explorer_choices reads them, and an agent trained
+    on raw observations is refused with the flag."""
+    from cmbrl.components.training import evaluate_policy, make_eval_env, observation_norm, observation_stats
+    make_dataset("cmbrl/hopper/medium-v0", num_steps=2_000, seed=0)
+    args = finetune.Args(base="iql", num_critics=2, offline_steps=20, num_steps=2, eval_every=2, eval_episodes=1,
+                         explorers="none", normalize_observations=1, threads=1, progress=0, out=str(tmp_path / "n"))
+    result = finetune.main(args)
+    stage = torch.load(tmp_path / "n" / "offline" / "agent.pt", weights_only=False)
+    data = finetune.load_dataset(args.dataset, progress=False)
+    loc, scale = observation_stats(data["observation"])
+    assert torch.equal(stage["observation_loc"], loc) and torch.equal(stage["observation_scale"], scale)
+    assert torch.allclose(scale, data["observation"].double().std(0, unbiased=False).float() + 1e-3)
+    agent = finetune.make_agent(stage, stage["observation_dim"], stage["action_dim"], 0, {})
+    agent.load_state_dict(stage["agent"])
+
+    def step0(standardise: bool) -> float:
+        env = make_eval_env(args.env_id or "Hopper-v5", seed=args.seed + 10_000)
+        if standardise:
+            env.append_transform(observation_norm(loc, scale))
+        return finetune.normalized(finetune.minari.load_dataset(args.dataset), evaluate_policy(env, agent.policy, 1))
+
+    assert result["history"][0]["normalized_score"] == pytest.approx(step0(True))
+    assert step0(True) != step0(False)
+    import explorer_choices
+    agent_path = str(tmp_path / "n" / "offline" / "agent.pt")
+    standardised = explorer_choices.main([agent_path, "--num-states", "10", "--num-candidates", "4"])
+    stage["observation_loc"] = None  # the same agent fed raw states chooses differently
+    torch.save(stage, tmp_path / "raw.pt")
+    raw = explorer_choices.main([str(tmp_path / "raw.pt"), "--num-states", "10", "--num-candidates", "4"])
+    assert standardised["gain"] != raw["gain"]
+    with pytest.raises(SystemExit, match="trained on raw observations"):
+        finetune.main(finetune.dataclasses.replace(args, offline_checkpoint=str(tmp_path / "raw.pt"),
+                                                   out=str(tmp_path / "r")))
+    with pytest.raises(SystemExit, match="--normalize-observations takes 0 or 1"):
+        finetune.main(finetune.dataclasses.replace(args, normalize_observations=2))
