@@ -441,6 +441,8 @@ SUMMARY_FINETUNE = (
      "learning_short_awac_hcm", 30_000, ""),
     ("algorithms/finetune-o3f.md", "finetune_iql_hcm", "o3f", "cmbrl/halfcheetah/medium-v0", "bc_generator2", 30_000,
      "iql, UTD 1, critic UTD 1"),
+    ("algorithms/finetune-o3f.md", "finetune_iql_hm", "o3f", "cmbrl/hopper/medium-v0", "bc_generator2", 30_000,
+     "iql, UTD 1, critic UTD 1"),
 )
 """Rows whose reference folder is ``bc_generator2`` ran on generator-2 data: their data and BC columns come from
 that folder (``bc_table``'s files); their link goes to the page's ``<dataset>-<base>`` section."""

@@ -8,6 +8,7 @@ update.
     python examples/finetune.py --offline-checkpoint runs/awac/agent.pt      # start from examples/awac.py's agent
     python examples/finetune.py --dataset halfcheetah-medium --critic-utd 20 # O3F's AWAC-style setting (§6)
     python examples/finetune.py --dataset halfcheetah-medium --base iql      # O3F on IQL (§6): 5 critics, UTD 1
+    python examples/finetune.py --base iql --normalize-observations 1        # states standardised (CORL's AWAC, IQL)
 
 Which paper setting each combination reproduces:
 
@@ -27,7 +28,10 @@ dataset minibatches with ``num-critics`` critics. AWAC: the TD target is the min
 subset of unstated size); writes ``agent.pt`` in ``examples/awac.py``'s format. An ``examples/awac.py`` checkpoint
 has that script's 2 critics; O3F then scores with those 2. IQL: TorchRL's ``IQLLoss`` with ``num-critics``
 critics (``cmbrl.agents.IQL``), on rewards scaled by ``--reward-scale`` (online rewards too; evaluations and
-episode returns are always the environment's).
+episode returns are always the environment's). ``--normalize-observations 1`` standardises observations with the
+dataset's mean and std (CORL's ``normalize``; the papers' setting is 0): the statistics are saved in ``agent.pt``
+and the online phase applies them to the replay buffer and, as TorchRL ``ObservationNorm`` transforms, to the
+collector's and the evaluation's envs.
 
 Online phase, per explorer: the replay buffer holds the dataset and every online transition (sampled uniformly
 together, Algorithm 1 line 6); a TorchRL ``Collector`` steps the real Gymnasium v5 env one frame at a time with a
