@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 import types
@@ -37,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from kit_common import evaluate, load_data  # noqa: E402
+from kit_common import evaluate, load_data, prepare  # noqa: E402
 
 
 def import_corl_iql(corl_path: str):
@@ -179,12 +178,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    random.seed(a.seed)
-    np.random.seed(a.seed)
-    torch.manual_seed(a.seed)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare(a)
     dataset_id, data, meta, env = load_data(a.dataset, 0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if a.impl == "corl":

@@ -128,16 +128,21 @@ def add_run_args(p: argparse.ArgumentParser, dataset: str) -> None:
     p.add_argument("--out", required=True)
 
 
-def start(a: argparse.Namespace):
-    """Imports Kit, sets threads and seeds, creates ``--out``; returns ``(kit, out)``."""
-    kit = import_kit(a.kit_path)
+def prepare(a: argparse.Namespace) -> Path:
+    """Sets ``--threads`` and the ``--seed`` of Python, NumPy and torch, creates ``--out``; returns it."""
     torch.set_num_threads(a.threads)
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    return kit, out
+    return out
+
+
+def start(a: argparse.Namespace):
+    """Imports Kit, then :func:`prepare`; returns ``(kit, out)``."""
+    kit = import_kit(a.kit_path)
+    return kit, prepare(a)
 
 
 def train(a: argparse.Namespace, kit, policy, data: dict, env, dataset_meta, out: Path, real_ratio: float, record,
