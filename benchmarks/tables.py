@@ -449,7 +449,8 @@ SUMMARY_FINETUNE = (
      30_000, "awac, UTD 1, critic UTD 20"),
 )
 """Rows whose reference folder is ``bc_generator2`` ran on generator-2 data: their data and BC columns come from
-that folder (``bc_table``'s files); their link goes to the page's ``<dataset>-<base>`` section."""
+that folder (``bc_table``'s files); their link goes to the page's ``<dataset>-<base>`` section
+(``<dataset>-<base>-with-critic-utd-<G>`` when the setting has a critic UTD G > 1, labelled ``BASE (critic UTD G)``)."""
 
 
 def _bc_generator2(dataset: str) -> tuple[str, str]:
@@ -503,13 +504,13 @@ def summary_table(prefix: str) -> str:
         average, bc = _reference(folder, dataset, ref)
         base = setting.split(",")[0].upper() if setting else "AWAC"
         details = _details(prefix, page, folder, dataset)
-        critic_utd = re.search(r"critic UTD (\d+)", setting)
-        critic_utd = critic_utd[1] if critic_utd and critic_utd[1] != "1" else None
         if setting:  # the page's "<dataset>, <BASE>" section, "<dataset>, <BASE> with critic UTD <G>" for G > 1
-            section = base.lower() + (f"-with-critic-utd-{critic_utd}" if critic_utd else "")
+            critic_utd = re.search(r"critic UTD (\d+)", setting)
+            section = base.lower()
+            if critic_utd and critic_utd[1] != "1":
+                section += f"-with-critic-utd-{critic_utd[1]}"
+                base += f" (critic UTD {critic_utd[1]})"
             details = details.replace(")", f"-{section})", 1)
-        if critic_utd:
-            base += f" (critic UTD {critic_utd})"
         lines.append(f"| {base} → online, {explorer} explorer | `{dataset.split('/', 1)[1]}` | "
                      f"**{e['mean'][-1]:.1f}** ± {e['std'][-1]:.1f} ({len(e['seeds'])}) | {average} | {bc} | "
                      f"{offline:,} offline + {e['steps'][-1]:,} online steps | {details} |")
